@@ -1,0 +1,3615 @@
+"""Embarrassingly parallel for loops, with shared numpy arrays and atomics.
+
+``parallel`` runs ``Parallel(n_jobs=4)(delayed(f)(x) for x in data)`` exactly as
+joblib does (``from parallel import Parallel, delayed`` is a drop-in for
+``from joblib import Parallel, delayed``), on processes, threads, or a
+dask.distributed / Ray cluster, and goes past joblib with numpy arrays that
+every worker maps writable and updates with atomic add, min, max and
+compare-and-swap.
+
+>>> from math import sqrt
+>>> from parallel import Parallel, delayed
+>>> Parallel(n_jobs=2)(delayed(sqrt)(i ** 2) for i in range(5))
+[0.0, 1.0, 2.0, 3.0, 4.0]
+
+What it is not: a task graph scheduler, a cache (no ``Memory``), or a
+replacement for a cluster manager.  It is one module with three runtime
+dependencies (numpy, cffi, cloudpickle), each imported only when first needed,
+so vendoring ``parallel.py`` (plus ``_shm.c`` and ``build_shm.py`` for the
+atomics) into ``yourpkg/_vendor/`` is supported.
+
+Data flow of one call::
+
+    Parallel.__call__(iterable of delayed calls)          caller thread
+      -> pull up to pre_dispatch tasks (generators stay lazy)
+      -> cut them into batches (auto size from measured durations)
+      -> backend.submit(batch, callback)
+           process backend: pickle the batch once (cloudpickle; arrays above
+           max_nbytes -> a segment in the temp folder, sent by reference)
+           -> pool manager thread -> idle worker's pipe -> worker maps the
+           segments, runs the calls under the nested configuration,
+           pickles the results back
+      -> callback (any thread) -> completion queue -> caller thread:
+           record duration (auto-batching), progress, dispatch more
+      -> results in order ('list', 'generator') or as completed
+         ('generator_unordered')
+      -> error / timeout / worker crash / Ctrl-C: stop dispatching, cancel
+         queued batches, kill what must stop, remove the call's segments, raise
+
+Environment variables:
+
+``PARALLEL_MAX_CPU_COUNT`` (``LOKY_MAX_CPU_COUNT``)
+    upper bound for :func:`cpu_count`.
+``PARALLEL_START_METHOD`` (``JOBLIB_START_METHOD``)
+    start method of the process backend: ``forkserver`` (default where
+    available), ``spawn`` or ``fork``.
+``PARALLEL_PICKLER`` (``LOKY_PICKLER``)
+    module whose ``Pickler`` class serializes tasks (default: cloudpickle).
+``PARALLEL_TEMP_FOLDER`` (``JOBLIB_TEMP_FOLDER``)
+    folder for shared segments (default ``/dev/shm`` when it has room).
+``PARALLEL_MULTIPROCESSING`` (``JOBLIB_MULTIPROCESSING``)
+    ``0`` disables process backends (they fall back to threads with a warning).
+``PARALLEL_IDLE_WORKER_TIMEOUT``
+    seconds an idle worker process waits for work before it exits (300).
+``PARALLEL_SHM_CACHE``
+    folder where the C helper is built on first use (``~/.cache/parallel``).
+
+Copyright (c) 2026 the parallel developers.  BSD 3-Clause License: use,
+copy, modify and redistribute with this notice kept.
+"""
+from __future__ import annotations
+
+import ast
+import atexit
+import collections
+import contextvars
+import copyreg
+import functools
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import io
+import itertools
+import math
+import multiprocessing
+import multiprocessing.connection
+import operator
+import os
+import pickle
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import types
+import warnings
+import weakref
+from concurrent.futures.process import BrokenProcessPool
+from typing import (Any, Callable, Dict, Iterable, Iterator, Optional,
+                    ParamSpec, Tuple, TypeVar, Union)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Parallel", "delayed", "parallel_config", "parallel_backend",
+    "register_parallel_backend", "effective_n_jobs", "cpu_count",
+    "ParallelBackendBase", "SequentialBackend", "ThreadingBackend",
+    "ProcessBackend", "MultiprocessingBackend", "EXTERNAL_BACKENDS",
+    "TerminatedWorkerError", "ParallelTimeoutError", "WorkerError",
+    "wrap_non_picklable_objects",
+    "SharedArray", "shared_zeros", "shared_empty", "shared_array",
+    "atomic_add", "atomic_max", "atomic_min", "compare_and_swap",
+    "AtomicView", "shm_helper_available", "build_shm_helper",
+    "dump", "load",
+]
+
+# ======================================================================
+# CONSTANTS AND TUNABLES
+# ======================================================================
+# Auto-batching aims at batches lasting between these durations (joblib's
+# band).  Thread batches cost far less to dispatch, so they aim lower.
+_MIN_IDEAL_BATCH_DURATION_S = 0.2
+_MAX_IDEAL_BATCH_DURATION_S = 2.0
+_THREAD_MIN_IDEAL_BATCH_DURATION_S = 0.002
+_THREAD_MAX_IDEAL_BATCH_DURATION_S = 0.05
+# A batch size may grow at most this many times from one batch to the next.
+_MAX_BATCH_GROWTH = 8
+_DEFAULT_MAX_NBYTES = "1M"
+_DEFAULT_MMAP_MODE = "r"
+_DEFAULT_PRE_DISPATCH = "2 * n_jobs"
+_DEFAULT_IDLE_WORKER_TIMEOUT_S = 300.0
+# /dev/shm is used for segments only with at least this much room (joblib's).
+_MIN_DEV_SHM_FREE_BYTES = 2_000_000_000
+# How often a worker checks that its parent is still alive.
+_PARENT_POLL_INTERVAL_S = 0.5
+# Results of workers larger than this travel through a segment, not a pipe.
+_RESULT_SEGMENT_MIN_NBYTES = 1 << 20
+_MAX_PRE_DISPATCH_EXPRESSION_LEN = 30
+_THREAD_LIMIT_VARIABLES = (
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+_SEGMENT_PREFIX = "parallel_"
+
+
+def _env(name, legacy=None, default=None):
+    """Read ``PARALLEL_<name>``, else joblib's/loky's legacy variable."""
+    value = os.environ.get(name)
+    if value is None and legacy is not None:
+        value = os.environ.get(legacy)
+    return default if value in (None, "") else value
+
+
+# ======================================================================
+# PLATFORM PROBES
+# ======================================================================
+def _multiprocessing_available():
+    """False when process backends are disabled or cannot work here."""
+    if _env("PARALLEL_MULTIPROCESSING", "JOBLIB_MULTIPROCESSING", "1") == "0":
+        return False
+    try:
+        multiprocessing.get_context("spawn")
+        import _multiprocessing  # noqa: F401  (absent on Pyodide)
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def _read_text(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _quota_cpus(quota, period):
+    """ceil(quota / period) from cgroup values, None when there is no quota."""
+    try:
+        quota, period = int(quota), int(period)
+    except (TypeError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, math.ceil(quota / period))
+
+
+def _cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """The tightest CPU quota over the cgroup (v2 and v1) of this process.
+
+    cgroup v2: ``cpu.max`` ("<quota> <period>" or "max <period>") in the
+    process's own cgroup folder (from ``/proc/self/cgroup``) and every parent
+    up to the root; v1: ``cpu.cfs_quota_us``/``cpu.cfs_period_us``.  Empty or
+    malformed files are ignored.  Returns None without a quota.
+    """
+    limits = []
+    own = ""
+    lines = (_read_text(proc_cgroup) or "").splitlines()
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[0] == "0":
+            own = parts[2]
+    rel = own.strip("/")
+    while True:
+        text = _read_text(os.path.join(root, rel, "cpu.max"))
+        if text:
+            fields = text.split()
+            if len(fields) == 2 and fields[0] != "max":
+                limits.append(_quota_cpus(fields[0], fields[1]))
+        if not rel:
+            break
+        rel = os.path.dirname(rel)
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        quota = _read_text(os.path.join(root, folder, "cpu.cfs_quota_us"))
+        period = _read_text(os.path.join(root, folder, "cpu.cfs_period_us"))
+        limits.append(_quota_cpus(quota, period))
+    limits = [x for x in limits if x]
+    return min(limits) if limits else None
+
+
+def _physical_core_count():
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo, or None."""
+    text = _read_text("/proc/cpuinfo")
+    if not text:
+        return None
+    cores, phys = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            cores.add((phys, value.strip()))
+    return len(cores) or None
+
+
+def cpu_count(only_physical_cores: bool = False) -> int:
+    """Number of CPUs this process may use, as joblib's ``cpu_count``.
+
+    The minimum of ``os.cpu_count()``, the CPU affinity mask
+    (``os.sched_getaffinity``), the cgroup v2/v1 CPU quota of the process's
+    own cgroup and its parents (``ceil(quota / period)``) and the
+    ``PARALLEL_MAX_CPU_COUNT`` (or ``LOKY_MAX_CPU_COUNT``) variable; never
+    below 1.  1 when process backends are disabled.
+
+    Parameters
+    ----------
+    only_physical_cores : bool, default False
+        Count physical cores rather than logical CPUs, unless a user limit
+        (affinity, quota, variable) is already lower.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    if not _multiprocessing_available():
+        return 1
+    total = os.cpu_count() or 1
+    limits = [total]
+    if hasattr(os, "sched_getaffinity"):
+        limits.append(len(os.sched_getaffinity(0)))
+    limits.append(_cgroup_cpu_limit())
+    env_limit = _env("PARALLEL_MAX_CPU_COUNT", "LOKY_MAX_CPU_COUNT")
+    if env_limit is not None:
+        try:
+            limits.append(int(env_limit))
+        except ValueError:
+            warnings.warn("PARALLEL_MAX_CPU_COUNT=%r is not an integer; "
+                          "ignored" % env_limit)
+    count = max(1, min(x for x in limits if x))
+    if only_physical_cores and count >= total:
+        count = _physical_core_count() or count
+    return count
+
+
+# ======================================================================
+# EXCEPTIONS
+# ======================================================================
+class TerminatedWorkerError(BrokenProcessPool):
+    """A worker process died while it ran a task (exit, signal, OOM kill).
+
+    A :class:`concurrent.futures.process.BrokenProcessPool` as loky's error
+    of the same name.  The message names the exit code or signal, e.g.
+    ``SIGKILL(-9)``.  The pool replaces the worker; the next call works.
+    """
+
+
+class ParallelTimeoutError(TimeoutError, multiprocessing.TimeoutError):
+    """A task ran longer than ``Parallel(timeout=...)`` seconds.
+
+    Both a builtin :class:`TimeoutError` and a
+    :class:`multiprocessing.TimeoutError` (joblib raises the latter).
+    """
+
+
+class WorkerError(RuntimeError):
+    """A worker's exception, result or task could not cross the process
+    boundary (it failed to pickle or to unpickle).
+
+    Attributes
+    ----------
+    type_name : str
+        Qualified name of the original exception type (``module.Class``).
+    message : str
+        ``str()`` of the original exception, computed in the worker.
+    remote_traceback : str
+        The worker-side traceback text.
+    """
+
+    def __init__(self, message, type_name="", remote_message="",
+                 remote_traceback=""):
+        super().__init__(message)
+        self.type_name = type_name
+        self.message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+class _RemoteTraceback(Exception):
+    """Carries a worker's traceback text; shown as ``__cause__``."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return '\n"""\n%s"""' % self.tb
+
+
+def _attach_remote_traceback(exc, tb_text):
+    """Attach a worker's traceback text to ``exc`` without losing its chain.
+
+    Where the worker-side ``__cause__`` survived pickling it is kept, and the
+    text goes into a note (Python 3.11+) and ``exc.remote_traceback``;
+    otherwise the text becomes the ``__cause__`` (joblib's presentation).
+    """
+    exc.remote_traceback = tb_text
+    if exc.__cause__ is None:
+        exc.__cause__ = _RemoteTraceback(tb_text)
+    elif hasattr(exc, "add_note"):
+        exc.add_note("Worker traceback:\n" + tb_text)
+    else:  # Python 3.10: hang the text at the far end of the chain
+        last = exc
+        while last.__cause__ is not None and last.__cause__ is not exc:
+            last = last.__cause__
+        last.__cause__ = _RemoteTraceback(tb_text)
+    return exc
+
+
+def _signal_name(code):
+    try:
+        return "%s(%d)" % (signal.Signals(-code).name, code)
+    except (ValueError, TypeError):
+        return "EXIT(%s)" % (code,)
+
+
+def _describe_exit(code):
+    """'SIGKILL(-9)' / 'EXIT(3)' plus what commonly causes it."""
+    name = _signal_name(code) if code is not None and code < 0 else \
+        "EXIT(%s)" % (code,)
+    hints = {
+        -signal.SIGKILL: "the OS killed it, most often for using too much "
+                         "memory (OOM killer), or someone sent SIGKILL",
+        -signal.SIGSEGV: "a segmentation fault in native code",
+        -signal.SIGBUS: "a bus error, often a full /dev/shm or a truncated "
+                        "memory-mapped file",
+        -signal.SIGABRT: "an abort() in native code",
+    }
+    hint = hints.get(code, "the task called os._exit() or sys.exit(), or "
+                           "native code ended the process")
+    return name, hint
+
+
+# ======================================================================
+# SMALL UTILITIES
+# ======================================================================
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _parse_nbytes(value, name="max_nbytes"):
+    """Bytes from an int, a float, None, or a string like '1M', '1.5K'.
+
+    Units are binary (K = 1024).  Raises ValueError naming ``name``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("%s must be an int, a size string such as '1M', "
+                         "or None (got %r)" % (name, value))
+    if isinstance(value, (int, float)):
+        if value < 0 or value != value:
+            raise ValueError("%s must be >= 0 (got %r)" % (name, value))
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        unit = text[-1:].upper()
+        try:
+            if unit in _SIZE_UNITS:
+                number = float(text[:-1])
+                if number >= 0:
+                    return int(number * _SIZE_UNITS[unit])
+            else:
+                number = float(text)
+                if number >= 0:
+                    return int(number)
+        except ValueError:
+            pass
+    raise ValueError("%s must be an int of bytes, a size string such as "
+                     "'10G', '500M', '50K', or None (got %r)" % (name, value))
+
+
+_ARITHMETIC_OPS = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod, ast.Pow: operator.pow,
+}
+
+
+def _eval_pre_dispatch(expression, n_jobs):
+    """Value of a pre_dispatch expression such as '2 * n_jobs'.
+
+    Only numbers, ``n_jobs``, ``+ - * / // % **``, unary minus and
+    parentheses are allowed; parsed with :mod:`ast`, never ``eval``.
+    """
+    if len(expression) > _MAX_PRE_DISPATCH_EXPRESSION_LEN:
+        raise ValueError("pre_dispatch expression is too long (%d > %d "
+                         "characters): %r" % (len(expression),
+                                              _MAX_PRE_DISPATCH_EXPRESSION_LEN,
+                                              expression))
+
+    def walk(node):
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.Name) and node.id == "n_jobs":
+            return n_jobs
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub,
+                                                                  ast.UAdd)):
+            value = walk(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC_OPS:
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > 64:
+                raise ValueError("exponent too large")
+            value = _ARITHMETIC_OPS[type(node.op)](left, right)
+            if abs(value) > 1e9:
+                raise ValueError("value too large")
+            return value
+        raise ValueError("unsupported element %s" % type(node).__name__)
+
+    try:
+        return int(walk(ast.parse(expression, mode="eval")))
+    except (SyntaxError, ValueError, ZeroDivisionError, TypeError) as e:
+        raise ValueError("pre_dispatch=%r is not an arithmetic expression of "
+                         "numbers and n_jobs (%s)" % (expression, e)) from None
+
+
+def _short_format_time(t):
+    """joblib's elapsed-time format: ' %5.1fs' up to 60 s, else '%4.1fmin'."""
+    return "%4.1fmin" % (t / 60.0) if t > 60 else " %5.1fs" % t
+
+
+def _verbosity_filter(index, verbose):
+    """True when the progress line of batch ``index`` is skipped (joblib)."""
+    if not verbose:
+        return True
+    if verbose > 10:
+        return False
+    if index == 0:
+        return False
+    scale = 0.5 * (11 - verbose) ** 2
+    return int(math.sqrt((index + 1) / scale)) == int(math.sqrt(index / scale))
+
+
+def _qualname(cls):
+    module = getattr(cls, "__module__", "")
+    name = getattr(cls, "__qualname__", getattr(cls, "__name__", repr(cls)))
+    return name if module in ("builtins", "", None) else module + "." + name
+
+
+# ======================================================================
+# TASKS: delayed, batches, auto-batching
+# ======================================================================
+# The active configuration: a dict of the keys set by parallel_config blocks
+# (innermost wins), or None.  Context-local: each thread and each asyncio
+# task has its own; batches run under the nested configuration they carry.
+_ACTIVE_CONFIG: contextvars.ContextVar[Optional[dict]] = \
+    contextvars.ContextVar("parallel_config", default=None)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+DelayedCall = Tuple[Callable[..., _R], Tuple[Any, ...], Dict[str, Any]]
+
+
+def delayed(function: Callable[_P, _R]) -> Callable[_P, DelayedCall[_R]]:
+    """Capture a call without running it, as joblib's ``delayed``.
+
+    ``delayed(f)(*args, **kwargs)`` returns the tuple
+    ``(f, args, kwargs)``; :class:`Parallel` runs such tuples.  Nothing is
+    validated or pickled here.
+
+    Parameters
+    ----------
+    function : callable
+        The function to call in a worker.
+
+    Returns
+    -------
+    callable
+        Takes ``f``'s arguments and returns ``(f, args, kwargs)``; type
+        checkers see ``f``'s parameter and return types.
+    """
+    def delayed_function(*args: _P.args, **kwargs: _P.kwargs) -> DelayedCall[_R]:
+        return function, args, kwargs
+    try:
+        delayed_function = functools.wraps(function)(delayed_function)
+    except (AttributeError, TypeError):
+        pass
+    return delayed_function
+
+
+class _Batch:
+    """Tasks run together in one worker call, under a nested configuration.
+
+    Only ``tasks`` and ``config`` travel to workers; the other attributes
+    are the caller's bookkeeping.  Calling the batch runs the tasks in order
+    and returns their results as a list; the first exception propagates.
+    """
+
+    __slots__ = ("tasks", "config", "index", "start", "future", "done",
+                 "results", "error", "duration_s", "task_started_s",
+                 "track_starts", "cancelled", "submitted_s", "__weakref__")
+
+    def __init__(self, tasks, config, index=0, start=0):
+        self.tasks = tasks
+        self.config = config
+        self.index = index          # batch number within the call
+        self.start = start          # index of the first task within the call
+        self.future = None
+        self.done = False
+        self.results = None
+        self.error = None
+        self.duration_s = None
+        self.task_started_s = None  # monotonic start of the running task
+        self.track_starts = False
+        self.cancelled = False
+        self.submitted_s = None
+
+    def __len__(self):
+        return len(self.tasks)
+
+    def __reduce__(self):
+        return _Batch, (self.tasks, self.config)
+
+    def __call__(self, on_task_start=None):
+        token = _ACTIVE_CONFIG.set(self.config)
+        t0 = time.perf_counter()
+        try:
+            results = []
+            append = results.append
+            if on_task_start is None and not self.track_starts:
+                for func, args, kwargs in self.tasks:
+                    append(func(*args, **kwargs))
+            else:
+                for i, (func, args, kwargs) in enumerate(self.tasks):
+                    self.task_started_s = time.monotonic()
+                    if on_task_start is not None:
+                        on_task_start(i)
+                    append(func(*args, **kwargs))
+            return results
+        finally:
+            self.duration_s = time.perf_counter() - t0
+            _ACTIVE_CONFIG.reset(token)
+
+
+class _AutoBatcher:
+    """Batch sizes from measured batch durations (joblib's heuristic).
+
+    Batches aim at lasting between ``min_s`` and ``max_s`` seconds; a size
+    grows at most ``_MAX_BATCH_GROWTH`` times per step, durations are
+    smoothed (0.8 old + 0.2 new), and near the end of an input of known
+    length batches shrink so that no worker is left holding the tail.
+    """
+
+    def __init__(self, min_s=_MIN_IDEAL_BATCH_DURATION_S,
+                 max_s=_MAX_IDEAL_BATCH_DURATION_S, fixed=None):
+        self.min_s, self.max_s = min_s, max_s
+        self.fixed = fixed
+        self.size = fixed or 1
+        self.smoothed_s = 0.0
+
+    def next_size(self, n_jobs, remaining=None):
+        """Size of the next batch; ``remaining`` tasks when known."""
+        size = self.size
+        if self.fixed is None and remaining is not None:
+            size = min(size, max(1, remaining // (2 * n_jobs)))
+        return size
+
+    def record(self, size, duration_s):
+        """Take a batch's duration into account; returns a message when the
+        size changes (printed at verbose >= 10), else None."""
+        if self.fixed is not None or size != self.size or duration_s is None:
+            return None
+        old = self.smoothed_s
+        self.smoothed_s = smoothed = (duration_s if old == 0 else
+                                      0.8 * old + 0.2 * duration_s)
+        new = size
+        if 0 < smoothed < self.min_s:
+            ideal = 2 * int(size * self.min_s / smoothed)
+            new = max(1, min(_MAX_BATCH_GROWTH * size, ideal))
+            word = "fast"
+        elif smoothed > self.max_s and size >= 2:
+            new = max(1, 2 * int(size * self.min_s / smoothed))
+            word = "slow"
+        if new == size:
+            return None
+        self.size, self.smoothed_s = new, 0.0
+        return "Batch computation too %s (%ss.) Setting batch_size=%d." % (
+            word, smoothed, new)
+
+
+# ======================================================================
+# SHARED MEMORY: temp folder, segments, SharedArray, atomics, reducers
+# ======================================================================
+def _numpy():
+    import numpy
+    return numpy
+
+
+# --- the C helper (_parallel_shm, built from _shm.c by build_shm.py) -------
+_SHM_HELPER_NAME = "_parallel_shm"
+_SHM_LOCK = threading.Lock()
+_SHM_STATE: dict = {}   # 'module' -> loaded module or None, 'error' -> text
+
+
+def _import_extension_from(folder):
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(folder, _SHM_HELPER_NAME + suffix)
+        if os.path.exists(path):
+            package = __name__.rpartition(".")[0]
+            name = (package + "." if package else "") + _SHM_HELPER_NAME
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    return None
+
+
+def _shm_cache_folder():
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in ("_shm.c", "build_shm.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    root = _env("PARALLEL_SHM_CACHE", default=os.path.join(
+        os.path.expanduser("~"), ".cache", "parallel"))
+    tag = "%s-%s" % (sys.implementation.cache_tag, digest.hexdigest()[:16])
+    return os.path.join(root, tag)
+
+
+def build_shm_helper(target_dir: Optional[str] = None) -> str:
+    """Compile the C helper ``_parallel_shm`` with cffi and a C compiler.
+
+    Uses ``_shm.c`` and ``build_shm.py`` found next to this module.  Done
+    automatically on the first atomic operation when the helper is absent.
+
+    Parameters
+    ----------
+    target_dir : str, optional
+        Folder for the built extension; default: a per-user cache folder
+        keyed by a hash of the sources (``PARALLEL_SHM_CACHE``).
+
+    Returns
+    -------
+    str
+        Folder holding the extension.
+
+    Raises
+    ------
+    RuntimeError
+        When the sources, cffi or a working C compiler are missing.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = os.path.join(here, "build_shm.py")
+    if not (os.path.exists(script) and os.path.exists(
+            os.path.join(here, "_shm.c"))):
+        raise RuntimeError("cannot build the C helper: _shm.c and build_shm.py "
+                           "are not next to %s" % __file__)
+    target_dir = target_dir or _shm_cache_folder()
+    os.makedirs(target_dir, mode=0o700, exist_ok=True)
+    # In a child process: cffi changes the working directory while it builds.
+    try:
+        done = subprocess.run([sys.executable, script, target_dir],
+                              capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        done = None
+        reason = str(e)
+    if done is None or done.returncode != 0:
+        reason = reason if done is None else (done.stderr.strip().splitlines()
+                                              or ["failed"])[-1]
+        raise RuntimeError("cannot build the C helper (%s); install cffi and "
+                           "a C compiler, then run `python build_shm.py`"
+                           % reason)
+    return target_dir
+
+
+def _shm_helper(build=True):
+    """The loaded C helper module, or None (the reason in _SHM_STATE)."""
+    module = _SHM_STATE.get("module")
+    if module is not None or (not build and "module" in _SHM_STATE):
+        return module
+    with _SHM_LOCK:
+        if _SHM_STATE.get("module") is not None:
+            return _SHM_STATE["module"]
+        here = os.path.dirname(os.path.abspath(__file__))
+        module = _import_extension_from(here)
+        if module is None:
+            try:
+                module = importlib.import_module(_SHM_HELPER_NAME)
+            except ImportError:
+                module = None
+        if module is None and build and "error" not in _SHM_STATE:
+            try:
+                module = _import_extension_from(_shm_cache_folder())
+                if module is None:
+                    module = _import_extension_from(build_shm_helper())
+            except (OSError, RuntimeError) as e:
+                _SHM_STATE["error"] = str(e)
+        if module is not None and module.lib.pshm_lock_free() != 1:
+            _SHM_STATE["error"] = "the C helper's atomics are not lock-free"
+            module = None
+        if module is not None or build:
+            _SHM_STATE["module"] = module
+        return module
+
+
+def shm_helper_available(build: bool = True) -> bool:
+    """True when the C helper for atomics is importable (after building it
+    on first use when ``build``); without it atomics raise RuntimeError and
+    everything else works.  Also readable as ``parallel.HAS_SHM_HELPER``."""
+    return _shm_helper(build) is not None
+
+
+def _require_shm():
+    module = _shm_helper()
+    if module is None:
+        raise RuntimeError(
+            "atomic operations need the C helper %s, which is not built (%s). "
+            "Build it with `python build_shm.py` next to parallel.py, or "
+            "reinstall with cffi and a C compiler available."
+            % (_SHM_HELPER_NAME, _SHM_STATE.get("error", "not found")))
+    return module
+
+
+# --- temp folder and the tracker --------------------------------------------
+def _temp_root(temp_folder=None):
+    """Folder for segments: argument, PARALLEL_TEMP_FOLDER, JOBLIB_TEMP_FOLDER,
+    /dev/shm when writable with room, then the system temp folder."""
+    folder = temp_folder or _env("PARALLEL_TEMP_FOLDER", "JOBLIB_TEMP_FOLDER")
+    if folder:
+        return os.path.abspath(os.path.expanduser(os.fspath(folder)))
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        try:
+            st = os.statvfs("/dev/shm")
+            if st.f_bsize * st.f_bavail > _MIN_DEV_SHM_FREE_BYTES:
+                return "/dev/shm"
+        except OSError:
+            pass
+    return tempfile.gettempdir()
+
+
+# Runs in its own interpreter: removes what the parent registered once the
+# parent's end of its standard input closes (normal exit or SIGKILL).
+_TRACKER_SOURCE = r"""
+import os, shutil, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+paths = set()
+for line in sys.stdin.buffer:
+    op, path = line[:1], os.fsdecode(bytes.fromhex(line[1:].strip().decode()))
+    if op == b'+':
+        paths.add(path)
+    elif op == b'-':
+        paths.discard(path)
+for path in paths:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+"""
+
+
+class _Tracker:
+    """Removes this process's segments if it dies before removing them.
+
+    A small interpreter reads '+path' / '-path' lines on its standard input;
+    at end of input (this process exited or was killed) it removes every
+    path still registered.  Started on the first registration.
+    """
+
+    _lock = threading.Lock()
+    _proc = None
+
+    @classmethod
+    def _send(cls, op, path):
+        line = op + os.fsencode(path).hex().encode() + b"\n"
+        with cls._lock:
+            if cls._proc is None or cls._proc.poll() is not None:
+                cls._proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _TRACKER_SOURCE],
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                cls._proc.stdin.write(line)
+                cls._proc.stdin.flush()
+            except OSError:
+                pass
+
+    @classmethod
+    def register(cls, path):
+        cls._send(b"+", path)
+
+    @classmethod
+    def unregister(cls, path):
+        if cls._proc is not None:
+            cls._send(b"-", path)
+
+    @classmethod
+    def _forget_after_fork(cls):
+        cls._lock = threading.Lock()
+        cls._proc = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Tracker._forget_after_fork)
+
+
+def _remove_path(path):
+    """Remove a segment file or folder; missing is fine."""
+    try:
+        if os.path.isdir(path):
+            import shutil
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    _Tracker.unregister(path)
+
+
+def _space_error(e, folder, nbytes):
+    """An OSError for a segment that does not fit, naming the knobs."""
+    err = OSError(e.errno, "cannot write a %d-byte segment in %s (%s); pass "
+                  "temp_folder= or set PARALLEL_TEMP_FOLDER / JOBLIB_TEMP_FOLDER "
+                  "to a folder with room, or max_nbytes=None to disable "
+                  "automatic memmapping" % (nbytes, folder, e.strerror),
+                  folder)
+    err.__cause__ = e
+    return err
+
+
+def _create_segment(folder, kind, nbytes):
+    """Create an empty segment file of ``nbytes`` bytes; return its path.
+
+    Named ``parallel_<kind>_<random>``, created with O_EXCL and mode 0600,
+    its space reserved up front (so a full folder fails here with ENOSPC or
+    EFBIG, not later with SIGBUS).  Raises OSError naming the folder.
+    """
+    path = os.path.join(folder, "%s%s_%s" % (_SEGMENT_PREFIX, kind,
+                                             secrets.token_hex(8)))
+    helper = _shm_helper(build=False)
+    try:
+        if helper is not None:
+            fd = helper.lib.pshm_create(os.fsencode(path), nbytes)
+            if fd < 0:
+                err = helper.ffi.errno
+                raise OSError(err, os.strerror(err), path)
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_CLOEXEC", 0), 0o600)
+            try:
+                if nbytes:
+                    try:
+                        os.posix_fallocate(fd, 0, nbytes)
+                    except OSError as e:
+                        if e.errno not in (95, 22):  # EOPNOTSUPP, EINVAL
+                            raise
+                        os.ftruncate(fd, nbytes)
+            except BaseException:
+                os.close(fd)
+                os.unlink(path)
+                raise
+    except OSError as e:
+        if e.errno in (28, 27, 122):  # ENOSPC, EFBIG, EDQUOT
+            raise _space_error(e, folder, nbytes) from e
+        raise
+    os.close(fd)
+    return path
+
+
+class _CallFolder:
+    """A call's private folder ``parallel_<pid>_<random>`` (mode 0700),
+    created on first use, registered with the tracker, removed by
+    :meth:`cleanup`."""
+
+    def __init__(self, root):
+        self.root = root
+        self.path = None
+        self.lock = threading.Lock()
+
+    def get(self):
+        with self.lock:
+            if self.path is None:
+                path = os.path.join(self.root, "%s%d_%s" % (
+                    _SEGMENT_PREFIX, os.getpid(), secrets.token_hex(8)))
+                os.makedirs(self.root, exist_ok=True)
+                os.mkdir(path, 0o700)
+                _Tracker.register(path)
+                self.path = path
+            return self.path
+
+    def cleanup(self):
+        with self.lock:
+            path, self.path = self.path, None
+        if path is not None:
+            _remove_path(path)
+
+
+# --- arrays backed by files: references, rebuilding --------------------------
+_REBUILT: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
+def _memmap_root(a):
+    """The np.memmap with an open file mapping behind ``a``, or None."""
+    np = _numpy()
+    b = a
+    while isinstance(b, np.ndarray):
+        if isinstance(b, np.memmap) and getattr(b, "_mmap", None) is not None \
+                and getattr(b, "filename", None):
+            return b
+        b = b.base
+    return None
+
+
+def _buffer_address(obj):
+    np = _numpy()
+    return np.frombuffer(obj, dtype=np.uint8, count=0).__array_interface__[
+        "data"][0] if len(obj) == 0 else \
+        np.frombuffer(obj, dtype=np.uint8).__array_interface__["data"][0]
+
+
+def _memmap_reference(a, mode=None):
+    """Arguments of :func:`_rebuild_memmap` that map ``a`` again in another
+    process, or None when ``a`` is not backed by a file mapping."""
+    import mmap
+    root = _memmap_root(a)
+    if root is None or a.size == 0:
+        return None
+    map_start = root.offset - root.offset % mmap.ALLOCATIONGRANULARITY
+    address = a.__array_interface__["data"][0]
+    data_offset = map_start + address - _buffer_address(root._mmap)
+    mode = mode or root.mode
+    mode = "r+" if mode == "w+" else mode
+    kind = "shared" if isinstance(a, _shared_array_class()) else "memmap"
+    if a.flags.c_contiguous or a.flags.f_contiguous:
+        order = "C" if a.flags.c_contiguous else "F"
+        return (root.filename, a.dtype.str if a.dtype.names is None else
+                a.dtype.descr, mode, data_offset, a.shape, None, order, kind)
+    # Any strides: map the byte span that the array touches.
+    low = sum(s * (n - 1) for s, n in zip(a.strides, a.shape) if s < 0)
+    high = sum(s * (n - 1) for s, n in zip(a.strides, a.shape) if s > 0)
+    span = (low, high + a.itemsize)
+    return (root.filename, a.dtype.str, mode, data_offset + low, a.shape,
+            (a.strides, span[1] - span[0], -low), "K", kind)
+
+
+def _rebuild_memmap(filename, dtype, mode, offset, shape, strided, order,
+                    kind="memmap"):
+    """Map a file region as an np.memmap (or SharedArray); runs in the
+    process that unpickles a reference.  Mappings are cached weakly."""
+    key = (filename, str(dtype), mode, offset, shape, strided, order, kind)
+    cached = _REBUILT.get(key)
+    if cached is not None:
+        return cached
+    np = _numpy()
+    if isinstance(dtype, list):
+        dtype = np.dtype([tuple(f) for f in dtype])
+    cls = _shared_array_class() if kind == "shared" else np.memmap
+    if strided is None:
+        array = cls.__new__(cls, filename, dtype=dtype, mode=mode,
+                            offset=offset, shape=shape, order=order)
+    else:
+        strides, nbytes, first = strided
+        span = cls.__new__(cls, filename, dtype=np.uint8, mode=mode,
+                           offset=offset, shape=(nbytes,))
+        array = np.lib.stride_tricks.as_strided(
+            span[first:], shape=shape, strides=strides, subok=True)
+        array = array.view(np.dtype(dtype))
+    _REBUILT[key] = array
+    return array
+
+
+_SHARED_ARRAY_CLASS: list = []
+
+
+def _shared_array_class():
+    """SharedArray, made on first use so that importing parallel does not
+    import numpy (``parallel.SharedArray`` resolves through __getattr__)."""
+    if _SHARED_ARRAY_CLASS:
+        return _SHARED_ARRAY_CLASS[0]
+    np = _numpy()
+
+    class SharedArray(np.memmap):
+        """A numpy array in a shared segment that every worker maps writable.
+
+        A :class:`numpy.memmap` subclass.  Pickling sends a reference (file
+        name, offset, dtype, shape, strides), never the data, with any
+        pickler, so workers of every backend on this host see and update the
+        same memory (use the atomics for concurrent read-modify-write).  The
+        process that allocated it owns the segment: it is removed when the
+        owner's last reference dies, or by the tracker if the owner is
+        killed.  Processes that receive it never remove it.  Create with
+        :func:`shared_zeros`, :func:`shared_empty` or :func:`shared_array`.
+        """
+
+        def __reduce__(self):
+            ref = _memmap_reference(self, mode="r+")
+            if ref is None:
+                return np.asarray(self).__reduce__()
+            return _rebuild_memmap, ref
+
+        def __array_wrap__(self, arr, context=None, return_scalar=False):
+            arr = np.ndarray.__array_wrap__(self, arr, context, return_scalar)
+            if isinstance(arr, np.ndarray) and not np.may_share_memory(arr,
+                                                                       self):
+                return arr.view(np.ndarray)
+            return arr
+
+    SharedArray.__module__ = __name__
+    _SHARED_ARRAY_CLASS.append(SharedArray)
+    return SharedArray
+
+
+def __getattr__(name):
+    """Lazy module attributes: SharedArray (needs numpy), HAS_SHM_HELPER."""
+    if name == "SharedArray":
+        return _shared_array_class()
+    if name == "HAS_SHM_HELPER":
+        return shm_helper_available()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def shared_empty(shape, dtype="float64", order="C", temp_folder=None):
+    """A new uninitialized :class:`SharedArray` of ``shape`` and ``dtype``.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        Array shape.
+    dtype : numpy dtype-like, default 'float64'
+        Element type; object dtypes are rejected.
+    order : {'C', 'F'}, default 'C'
+        Memory layout.
+    temp_folder : str, optional
+        Folder for the segment (default: the temp-folder policy, /dev/shm
+        when it has room).
+
+    Returns
+    -------
+    SharedArray
+        Writable, shared with every process it is passed to.
+
+    Raises
+    ------
+    TypeError
+        For an object dtype.
+    ValueError
+        For a negative dimension or a bad ``order``.
+    OSError
+        When the folder has no room (the message names it).
+    """
+    np = _numpy()
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise TypeError("shared arrays cannot hold Python objects "
+                        "(dtype=%s)" % dtype)
+    if order not in ("C", "F"):
+        raise ValueError("order must be 'C' or 'F' (got %r)" % (order,))
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if any(int(n) < 0 for n in shape):
+        raise ValueError("shape must not have negative dimensions "
+                         "(got %r)" % (shape,))
+    nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    folder = _temp_root(temp_folder)
+    path = _create_segment(folder, "shared", nbytes)
+    _Tracker.register(path)
+    try:
+        cls = _shared_array_class()
+        if int(np.prod(shape, dtype=np.int64)) == 0:
+            array = np.memmap(path, dtype=np.uint8, mode="r+",
+                              shape=(1,))[:0].view(dtype).reshape(shape)
+            array = array.view(cls)
+        else:
+            array = cls.__new__(cls, path, dtype=dtype, mode="r+",
+                                shape=shape, order=order)
+    except BaseException:
+        _remove_path(path)
+        raise
+    weakref.finalize(array, _remove_path, path)
+    return array
+
+
+def shared_zeros(shape, dtype="float64", order="C", temp_folder=None):
+    """A new zero-filled :class:`SharedArray`; see :func:`shared_empty`
+    for the parameters and errors (new segments read as zeros)."""
+    return shared_empty(shape, dtype, order, temp_folder)
+
+
+def shared_array(a, temp_folder=None):
+    """Copy array-like ``a`` into a new :class:`SharedArray` of the same
+    shape, dtype and layout; see :func:`shared_empty` for the errors."""
+    np = _numpy()
+    a = np.asarray(a)
+    out = shared_empty(a.shape, a.dtype,
+                       "F" if a.flags.f_contiguous and not a.flags.c_contiguous
+                       else "C", temp_folder)
+    out[...] = a
+    return out
+
+
+# --- automatic memmapping of large arguments (process backends) ----------
+class _ArrayReducer:
+    """Decides how each numpy array in a task travels to a worker.
+
+    1. Backed by a file mapping (np.memmap, SharedArray, their slices and
+       ndarray views of them, any strides): a reference, no copy.
+    2. Else, without object fields and above ``max_nbytes`` bytes (with
+       ``mmap_mode`` not None): written once per call into a segment of the
+       call's folder and mapped by workers as np.memmap (``mmap_mode``).
+    3. Else: pickled normally.
+    """
+
+    def __init__(self, max_nbytes, mmap_mode, folder):
+        self.max_nbytes = max_nbytes
+        self.mmap_mode = mmap_mode
+        self.folder = folder
+        self.lock = threading.Lock()
+        self.dumped = {}   # id(array) -> (array, path); arrays kept alive
+
+    def reduce(self, a):
+        """(callable, args) for the pickler, or None for normal pickling."""
+        ref = _memmap_reference(a)
+        if ref is not None:
+            return _rebuild_memmap, ref
+        if (self.max_nbytes is None or self.mmap_mode is None
+                or a.nbytes <= self.max_nbytes or a.dtype.hasobject):
+            return None
+        with self.lock:
+            entry = self.dumped.get(id(a))
+            if entry is None:
+                path = self._write(a)
+                entry = self.dumped[id(a)] = (a, path)
+        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous \
+            else "C"
+        mode = "r+" if self.mmap_mode == "w+" else self.mmap_mode
+        dtype = a.dtype.str if a.dtype.names is None else a.dtype.descr
+        return _rebuild_memmap, (entry[1], dtype, mode, 0, a.shape, None,
+                                 order, "memmap")
+
+    def _write(self, a):
+        np = _numpy()
+        folder = self.folder.get()
+        path = _create_segment(folder, "auto", a.nbytes)
+        try:
+            flat = a.ravel(order="K") if (a.flags.c_contiguous or
+                                          a.flags.f_contiguous) else \
+                np.ascontiguousarray(a).ravel()
+            with open(path, "r+b") as f:
+                f.write(memoryview(flat.view(np.uint8)))
+        except OSError as e:
+            _remove_path(path)
+            if e.errno in (28, 27, 122):
+                raise _space_error(e, folder, a.nbytes) from e
+            raise
+        except BaseException:
+            _remove_path(path)
+            raise
+        return path
+
+
+def _is_temporary_segment(a):
+    root = _memmap_root(a)
+    return root is not None and os.path.basename(root.filename).startswith(
+        _SEGMENT_PREFIX + "auto_")
+
+
+def _read_only_hint(exc, args):
+    """Add a note to numpy's read-only error when a worker wrote into an
+    automatically memmapped input (joblib's most reported surprise)."""
+    if not (isinstance(exc, ValueError) and "read-only" in str(exc)):
+        return exc
+    np = sys.modules.get("numpy")
+    if np is None or not any(isinstance(x, np.memmap) and x.mode == "r"
+                             for x in args):
+        return exc
+    note = ("parallel: inputs larger than max_nbytes (default '1M') reach "
+            "process workers as read-only memory maps (mmap_mode='r'). Pass "
+            "mmap_mode='c' for a private writable copy, max_nbytes=None to "
+            "send copies instead, or use shared_zeros()/SharedArray for "
+            "writes that the caller should see.")
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:
+        exc.args = (str(exc) + "\n" + note,) + exc.args[1:]
+    return exc
+
+
+# --- atomics --------------------------------------------------------------
+_ATOMIC_DTYPES = ("int32", "int64", "uint32", "uint64", "float32", "float64")
+_OP_ADD, _OP_MAX, _OP_MIN = 0, 1, 2
+_TARGETS: dict = {}   # id(array) -> (weakref, info) for validated targets
+
+
+class _Target:
+    __slots__ = ("ptr", "code", "size", "shape", "order", "type", "fns",
+                 "lib", "ffi")
+
+
+def _atomic_target(a, name):
+    """Validate ``a`` as an atomic target and return its cached _Target.
+
+    Raises TypeError (not an array, unsupported dtype), ValueError
+    (read-only, unaligned, non-contiguous).  Nothing invalid reaches C.
+    """
+    entry = _TARGETS.get(id(a))
+    if entry is not None and entry[0]() is a:
+        t = entry[1]
+        if a.flags.writeable and a.shape == t.shape:
+            return t
+    np = _numpy()
+    if not isinstance(a, np.ndarray):
+        raise TypeError("%s: the target must be a numpy array (got %s)"
+                        % (name, type(a).__name__))
+    dtype = a.dtype
+    if not dtype.isnative or dtype.name not in _ATOMIC_DTYPES:
+        raise TypeError("%s: dtype %s is not supported; use one of %s"
+                        % (name, dtype, ", ".join(_ATOMIC_DTYPES)))
+    flags = a.flags
+    if not flags.writeable:
+        raise ValueError("%s: the target array is read-only (a memmap "
+                         "opened with mode 'r'?); use a SharedArray or a "
+                         "memmap opened 'r+'" % name)
+    if not flags.aligned:
+        raise ValueError("%s: the target array is not aligned for %s"
+                         % (name, dtype))
+    if not (flags.c_contiguous or flags.f_contiguous):
+        raise ValueError("%s: the target array is not contiguous; atomics "
+                         "work on whole C- or F-contiguous arrays (got "
+                         "strides %r)" % (name, a.strides))
+    helper = _require_shm()
+    ffi, lib = helper.ffi, helper.lib
+    suffix = dtype.name
+    ctype = {"float32": "float", "float64": "double"}.get(
+        suffix, suffix + "_t")
+    t = _Target()
+    t.ptr = ffi.cast(ctype + " *", ffi.from_buffer(a, require_writable=True))
+    t.code = _ATOMIC_DTYPES.index(suffix)
+    t.size = a.size
+    t.shape = a.shape
+    t.order = "C" if flags.c_contiguous else "F"
+    t.type = dtype.type
+    t.fns = (getattr(lib, "pshm_fetch_add_" + suffix),
+             getattr(lib, "pshm_fetch_max_" + suffix),
+             getattr(lib, "pshm_fetch_min_" + suffix),
+             getattr(lib, "pshm_cas_" + suffix))
+    t.lib, t.ffi = lib, ffi
+    key = id(a)
+    _TARGETS[key] = (weakref.ref(a, lambda _, k=key: _TARGETS.pop(k, None)), t)
+    return t
+
+
+def _flat_scalar_index(t, index, name):
+    """Flat element offset of an int or tuple-of-ints index, or None when
+    ``index`` is an array form.  Raises IndexError out of bounds."""
+    if isinstance(index, int) or hasattr(index, "__index__") and \
+            not hasattr(index, "shape"):
+        if len(t.shape) != 1:
+            raise IndexError("%s: index %r is a single int for a %d-d array; "
+                             "pass a tuple of %d ints" % (
+                                 name, index, len(t.shape), len(t.shape)))
+        i = operator.index(index)
+        n = t.size
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("%s: index %d is out of bounds for size %d"
+                             % (name, operator.index(index), n))
+        return i
+    if isinstance(index, tuple) and all(
+            isinstance(x, int) or (hasattr(x, "__index__")
+                                   and not getattr(x, "shape", None))
+            for x in index):
+        if len(index) != len(t.shape):
+            raise IndexError("%s: index %r has %d entries for a %d-d array"
+                             % (name, index, len(index), len(t.shape)))
+        flat = 0
+        dims = t.shape if t.order == "C" else t.shape[::-1]
+        items = index if t.order == "C" else index[::-1]
+        for i, n in zip(items, dims):
+            i = operator.index(i)
+            j = i + n if i < 0 else i
+            if not 0 <= j < n:
+                raise IndexError("%s: index %r is out of bounds for shape %r"
+                                 % (name, index, t.shape))
+            flat = flat * n + j
+        return flat
+    return None
+
+
+def _flat_array_index(t, index, name):
+    """Flat int64 offsets (contiguous) for the array (scatter) form."""
+    np = _numpy()
+    if isinstance(index, tuple):
+        if len(index) != len(t.shape):
+            raise IndexError("%s: index has %d entries for a %d-d array"
+                             % (name, len(index), len(t.shape)))
+        parts = np.broadcast_arrays(*[np.asarray(i) for i in index])
+    else:
+        if len(t.shape) != 1:
+            raise IndexError("%s: an integer-array index needs a 1-d target; "
+                             "pass a tuple of index arrays for a %d-d array"
+                             % (name, len(t.shape)))
+        parts = [np.asarray(index)]
+    fixed = []
+    for i, n in zip(parts, t.shape):
+        if i.dtype.kind not in "iu" and not (i.size == 0):
+            raise IndexError("%s: indices must be integers (got dtype %s)"
+                             % (name, i.dtype))
+        i = i.astype(np.int64, copy=True)
+        i[i < 0] += n
+        if i.size and (i.min() < 0 or i.max() >= n):
+            raise IndexError("%s: an index is out of bounds for axis of "
+                             "size %d" % (name, n))
+        fixed.append(i)
+    shape = fixed[0].shape if fixed else ()
+    if len(fixed) == 1:
+        flat = fixed[0]
+    else:
+        flat = np.ravel_multi_index(fixed, t.shape, order=t.order)
+    return np.ascontiguousarray(flat, dtype=np.int64).reshape(-1), shape
+
+
+def _scalar_value(t, value, name):
+    if t.code >= 4:
+        return float(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError("%s: value %r cannot be added to an integer array "
+                        "without losing information" % (name, value)) from None
+
+
+def _array_values(t, value, shape, name):
+    np = _numpy()
+    v = np.asarray(value)
+    try:
+        v = v.astype(t.type, casting="same_kind")
+    except TypeError:
+        raise TypeError("%s: values of dtype %s cannot be cast to %s"
+                        % (name, v.dtype, np.dtype(t.type))) from None
+    return np.ascontiguousarray(np.broadcast_to(v, shape)).reshape(-1)
+
+
+def _rmw(op, a, index, value, name):
+    t = _atomic_target(a, name)
+    i = _flat_scalar_index(t, index, name)
+    if i is not None:
+        try:
+            return t.type(t.fns[op](t.ptr + i, _scalar_value(t, value, name)))
+        except OverflowError:
+            raise OverflowError("%s: value %r does not fit in %s"
+                                % (name, value, t.type.__name__)) from None
+    np = _numpy()
+    flat, shape = _flat_array_index(t, index, name)
+    values = _array_values(t, value, shape, name)
+    previous = np.empty(flat.size, dtype=t.type)
+    ffi = t.ffi
+    t.lib.pshm_scatter(op, t.code, t.ptr, ffi.cast("int64_t *",
+                                                   ffi.from_buffer(flat)),
+                       ffi.from_buffer(values), ffi.from_buffer(previous),
+                       flat.size)
+    return previous.reshape(shape)
+
+
+def atomic_add(a, index, value):
+    """Atomically add ``value`` at ``index`` of ``a``; return the previous
+    value(s).
+
+    Sequentially consistent and lock-free; works across processes on shared
+    arrays (:class:`SharedArray`, memmaps opened 'r+'/'w+') and across
+    threads on any array.  Integers wrap around as numpy's do; floats add
+    with a compare-and-swap loop.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        Writable, aligned, C- or F-contiguous array of int32, int64, uint32,
+        uint64, float32 or float64.
+    index : int, tuple of int, integer array or tuple of integer arrays
+        An element (a tuple for n-d arrays), or many (scatter form, any
+        shape, duplicates allowed: every update lands; runs in C with the
+        GIL released).  Negative indices count from the end, as numpy's.
+    value : scalar or array_like
+        Broadcast against the index shape; cast with ``same_kind`` rules.
+
+    Returns
+    -------
+    numpy scalar or numpy.ndarray
+        The value(s) found before each update, shaped like the index.
+
+    Raises
+    ------
+    TypeError
+        Unsupported dtype or value type.
+    IndexError
+        Index out of bounds or of the wrong shape.
+    ValueError
+        Read-only, unaligned or non-contiguous target.
+    RuntimeError
+        The C helper is not built (the message says how to build it).
+    """
+    return _rmw(_OP_ADD, a, index, value, "atomic_add")
+
+
+def atomic_max(a, index, value):
+    """Atomically store ``max(a[index], value)``; return the previous
+    value(s).  Parameters, returns and errors as :func:`atomic_add`.  A NaN
+    ``value`` is never stored."""
+    return _rmw(_OP_MAX, a, index, value, "atomic_max")
+
+
+def atomic_min(a, index, value):
+    """Atomically store ``min(a[index], value)``; return the previous
+    value(s).  Parameters, returns and errors as :func:`atomic_add`.  A NaN
+    ``value`` is never stored."""
+    return _rmw(_OP_MIN, a, index, value, "atomic_min")
+
+
+def compare_and_swap(a, index, expected, desired):
+    """Atomically replace ``a[index]`` by ``desired`` where it equals
+    ``expected`` (bitwise); return the value(s) found.
+
+    The swap happened exactly where the returned value equals ``expected``.
+    Parameters and errors as :func:`atomic_add`; ``expected`` and
+    ``desired`` broadcast against the index shape.
+
+    Returns
+    -------
+    numpy scalar or numpy.ndarray
+        The value(s) found, shaped like the index.
+    """
+    name = "compare_and_swap"
+    t = _atomic_target(a, name)
+    i = _flat_scalar_index(t, index, name)
+    if i is not None:
+        return t.type(t.fns[3](t.ptr + i, _scalar_value(t, expected, name),
+                               _scalar_value(t, desired, name)))
+    np = _numpy()
+    flat, shape = _flat_array_index(t, index, name)
+    exp = _array_values(t, expected, shape, name)
+    des = _array_values(t, desired, shape, name)
+    found = np.empty(flat.size, dtype=t.type)
+    ffi = t.ffi
+    t.lib.pshm_scatter_cas(t.code, t.ptr, ffi.cast("int64_t *",
+                                                   ffi.from_buffer(flat)),
+                           ffi.from_buffer(exp), ffi.from_buffer(des),
+                           ffi.from_buffer(found), flat.size)
+    return found.reshape(shape)
+
+
+class AtomicView:
+    """Fast atomic access to one array by flat index (a bound accessor).
+
+    Validates the array once; each call then does one bounds check and one
+    C call.  Indices are flat offsets in memory order; values and results
+    are Python scalars.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        As for :func:`atomic_add`.
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError
+        As :func:`atomic_add`, at construction.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> counts = np.zeros(4, dtype=np.int64)
+    >>> view = AtomicView(counts)
+    >>> view.add(1, 5), view.add(1, 2), int(counts[1])
+    (0, 5, 7)
+    """
+
+    __slots__ = ("array", "_ptr", "_size", "_fns")
+
+    def __init__(self, a):
+        t = _atomic_target(a, "AtomicView")
+        self.array = a
+        self._ptr, self._size, self._fns = t.ptr, t.size, t.fns
+
+    def _at(self, i):
+        n = self._size
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("index %d is out of bounds for size %d" % (i, n))
+        return self._ptr + i
+
+    def add(self, i: int, value):
+        """Add ``value`` at flat index ``i``; return the previous value."""
+        return self._fns[0](self._at(i), value)
+
+    def max(self, i: int, value):
+        """Store the maximum at flat index ``i``; return the previous value."""
+        return self._fns[1](self._at(i), value)
+
+    def min(self, i: int, value):
+        """Store the minimum at flat index ``i``; return the previous value."""
+        return self._fns[2](self._at(i), value)
+
+    def compare_and_swap(self, i: int, expected, desired):
+        """Swap at flat index ``i`` if it equals ``expected``; return the
+        value found."""
+        return self._fns[3](self._at(i), expected, desired)
+
+
+# ======================================================================
+# SERIALIZATION: pickler choice, wrap_non_picklable_objects
+# ======================================================================
+_PICKLER_CLASSES: dict = {}
+
+
+def _pickler_class():
+    """The task pickler: cloudpickle's, or the ``Pickler`` of the module named
+    by PARALLEL_PICKLER / LOKY_PICKLER, extended with the array reducers."""
+    name = _env("PARALLEL_PICKLER", "LOKY_PICKLER", "cloudpickle")
+    cls = _PICKLER_CLASSES.get(name)
+    if cls is not None:
+        return cls
+    if name == "cloudpickle":
+        import cloudpickle
+        base = cloudpickle.CloudPickler
+    else:
+        try:
+            base = importlib.import_module(name).Pickler
+        except (ImportError, AttributeError) as e:
+            raise ValueError("PARALLEL_PICKLER=%r: cannot import a Pickler "
+                             "class from module %r (%s)" % (name, name, e))
+
+    class _TaskPickler(base):
+        array_reducer = None   # an _ArrayReducer in the caller; None in workers
+
+        def reducer_override(self, obj):
+            np = sys.modules.get("numpy")
+            if np is not None and isinstance(obj, np.ndarray):
+                reduced = _reduce_array(obj, self.array_reducer, self.proto)
+                if reduced is not None:
+                    return reduced
+            parent = getattr(super(), "reducer_override", None)
+            return parent(obj) if parent is not None else NotImplemented
+
+    _PICKLER_CLASSES[name] = _TaskPickler
+    return _TaskPickler
+
+
+def _reduce_array(a, array_reducer, proto):
+    """Reduction of an array crossing to another process, or None."""
+    if array_reducer is not None:
+        return array_reducer.reduce(a)
+    # Worker -> caller: temporary inputs go back as plain arrays (their
+    # segment dies with the call); user memmaps and shared arrays by reference.
+    root = _memmap_root(a)
+    if root is None:
+        return None
+    if _is_temporary_segment(a):
+        return _numpy().asarray(a).__reduce_ex__(proto)
+    ref = _memmap_reference(a)
+    return (_rebuild_memmap, ref) if ref is not None else None
+
+
+def _dumps(obj, array_reducer=None):
+    buffer = io.BytesIO()
+    pickler = _pickler_class()(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.array_reducer = array_reducer
+    pickler.dump(obj)
+    return buffer.getvalue()
+
+
+class _CloudpickledObjectWrapper:
+    """Pickles the wrapped object with cloudpickle, whatever the pickler."""
+
+    def __init__(self, obj, keep_wrapper=True):
+        self._obj = obj
+        self._keep_wrapper = keep_wrapper
+
+    def __reduce__(self):
+        import cloudpickle
+        return _rebuild_wrapped, (cloudpickle.dumps(self._obj),
+                                  self._keep_wrapper)
+
+    def __getattr__(self, name):
+        if name in ("_obj", "_keep_wrapper"):
+            raise AttributeError(name)
+        return getattr(self._obj, name)
+
+
+class _CallableObjectWrapper(_CloudpickledObjectWrapper):
+    def __call__(self, *args, **kwargs):
+        return self._obj(*args, **kwargs)
+
+
+def _wrap(obj, keep_wrapper):
+    cls = _CallableObjectWrapper if callable(obj) else \
+        _CloudpickledObjectWrapper
+    return cls(obj, keep_wrapper)
+
+
+def _rebuild_wrapped(data, keep_wrapper):
+    obj = pickle.loads(data)
+    return _wrap(obj, keep_wrapper) if keep_wrapper else obj
+
+
+def wrap_non_picklable_objects(obj, keep_wrapper: bool = True):
+    """Make ``obj`` picklable by any pickler by cloudpickling it, as joblib's
+    function of the same name.
+
+    Useful with ``PARALLEL_PICKLER=pickle`` (fast pickling of everything
+    else) for lambdas and functions defined in ``__main__``.  Usable as a
+    decorator on functions and classes (instances of a decorated class are
+    wrapped).
+
+    Parameters
+    ----------
+    obj : object
+        Function, class or other object.
+    keep_wrapper : bool, default True
+        When False, unpickling gives back the bare object.
+
+    Returns
+    -------
+    object
+        A wrapper that proxies attributes (and calls) to ``obj``.
+    """
+    if isinstance(obj, type):
+        class CloudpickledClassWrapper(_CloudpickledObjectWrapper):
+            def __init__(self, *args, **kwargs):
+                super().__init__(obj(*args, **kwargs), keep_wrapper)
+        CloudpickledClassWrapper.__name__ = obj.__name__
+        CloudpickledClassWrapper.__qualname__ = obj.__qualname__
+        return CloudpickledClassWrapper
+    return _wrap(obj, keep_wrapper)
+
+
+def _pack_exception(exc, depth=0):
+    """A picklable description of an exception and its chain (worker side):
+    the pickled object where it pickles, its type name, message and
+    traceback text always."""
+    try:
+        data = _dumps(exc)
+        pickle.loads(data)   # catch exceptions that pickle but cannot load
+        fail = None
+    except Exception as e:
+        data, fail = None, "%s: %s" % (type(e).__name__, e)
+    packed = {
+        "data": data, "fail": fail, "type": _qualname(type(exc)),
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(
+            type(exc), exc, exc.__traceback__, chain=False)),
+        "cause": None, "context": None,
+        "suppress": exc.__suppress_context__,
+    }
+    if depth < 8:
+        if exc.__cause__ is not None:
+            packed["cause"] = _pack_exception(exc.__cause__, depth + 1)
+        elif exc.__context__ is not None and not exc.__suppress_context__:
+            packed["context"] = _pack_exception(exc.__context__, depth + 1)
+    return packed
+
+
+def _unpack_exception(packed, top=True):
+    """Rebuild a worker's exception in the caller (chain included), or a
+    WorkerError that names its type and message when it cannot load."""
+    exc = None
+    fail = packed["fail"]
+    if packed["data"] is not None:
+        try:
+            exc = pickle.loads(packed["data"])
+        except Exception as e:
+            fail = "%s: %s" % (type(e).__name__, e)
+    if exc is None:
+        exc = WorkerError(
+            "the worker raised %s: %s, but that exception could not be sent "
+            "to the caller (%s)" % (packed["type"], packed["message"], fail),
+            packed["type"], packed["message"], packed["traceback"])
+    if packed["cause"] is not None:
+        exc.__cause__ = _unpack_exception(packed["cause"], top=False)
+    elif packed["context"] is not None:
+        exc.__context__ = _unpack_exception(packed["context"], top=False)
+    exc.__suppress_context__ = packed["suppress"]
+    if top:
+        text = _full_traceback_text(packed)
+        _attach_remote_traceback(exc, text)
+    return exc
+
+
+def _full_traceback_text(packed):
+    parts = []
+    while packed is not None:
+        parts.append(packed["traceback"])
+        packed = packed["cause"] or packed["context"]
+    return "\n".join(reversed(parts))
+
+
+# ======================================================================
+# WORKER POOL: the reusable process pool and the worker main loop
+# ======================================================================
+#   caller threads                 manager thread (one per pool)       workers
+#   --------------                 -----------------------------       -------
+#   submit(client, batch) -> queue -> idle worker? -> send_bytes ---> run batch
+#   callback(kind, payload) <------ recv_bytes <------------------- results
+#   kill(client)  -> SIGKILL        sentinel fires -> crash error    (dies)
+#
+# Messages are bytes: an 9-byte header (kind, batch id) and a pickle.
+# Workers never re-import the caller's __main__: tasks carry functions
+# defined there by value (cloudpickle).
+
+_MSG_RUN, _MSG_START, _MSG_RESULT, _MSG_ERROR = b"R", b"S", b"D", b"E"
+_WORKER_STATE = {"in_worker": False}
+
+
+def _worker_send(conn, kind, batch_id, payload):
+    conn.send_bytes(kind + batch_id.to_bytes(8, "little") + payload)
+
+
+def _watch_parent(parent_pid):
+    """Exit when the parent process dies (runs in a daemon thread of each
+    worker).  With forkserver the parent is the fork server, which exits
+    when the caller dies."""
+    while True:
+        time.sleep(_PARENT_POLL_INTERVAL_S)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _limit_native_threads(env):
+    """Apply thread limits to native pools already loaded (fork start)."""
+    if "numpy" not in sys.modules:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(int(env["OMP_NUM_THREADS"])) if "OMP_NUM_THREADS" in \
+        env else None
+
+
+def _worker_main(conn, env, initializer, initargs):
+    """Main loop of a worker process.  This runs in the worker process.
+
+    Sets the thread-limit variables before any task imports numpy, ignores
+    SIGINT (the caller decides what stops), exits when the parent dies, then
+    runs batches until it reads an empty message or end of file.
+    """
+    os.environ.update(env)
+    _limit_native_threads(env)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not os.environ.get("PYTHONFAULTHANDLER"):
+        import faulthandler
+        faulthandler.enable()
+    _WORKER_STATE["in_worker"] = True
+    threading.Thread(target=_watch_parent, args=(os.getppid(),),
+                     daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not data:
+            return
+        batch_id = int.from_bytes(data[1:9], "little")
+        track = data[9:10] == b"1"
+        try:
+            _run_batch_in_worker(conn, batch_id, track, memoryview(data)[10:])
+        except (OSError, EOFError):   # the caller is gone
+            return
+
+
+def _run_batch_in_worker(conn, batch_id, track, payload):
+    """Unpickle, run and answer one batch.  This runs in the worker process."""
+    def on_start(i):
+        _worker_send(conn, _MSG_START, batch_id, i.to_bytes(4, "little"))
+    batch = args = None
+    try:
+        batch = pickle.loads(payload)
+        results = batch(on_task_start=on_start if track else None)
+    except BaseException as e:
+        if batch is None:
+            e = WorkerError("the task could not be unpickled in the worker "
+                            "(%s: %s); its arguments must be picklable and "
+                            "their modules importable there"
+                            % (type(e).__name__, e))
+        elif batch.tasks:
+            args = [a for _, a_, kw in batch.tasks for a in (*a_, *kw.values())]
+            e = _read_only_hint(e, args)
+        packed = _pack_exception(e)
+        _worker_send(conn, _MSG_ERROR, batch_id, pickle.dumps(packed))
+        return
+    try:
+        data = _dumps((batch.duration_s, results))
+    except Exception as e:
+        index = _first_unpicklable(results)
+        func = batch.tasks[index][0] if index is not None else None
+        err = WorkerError(
+            "the result of task %s (%s) could not be pickled to send it back "
+            "to the caller: %s: %s" % (
+                index, getattr(func, "__qualname__", func), type(e).__name__,
+                e), _qualname(type(e)), str(e),
+            traceback.format_exc())
+        _worker_send(conn, _MSG_ERROR, batch_id,
+                     pickle.dumps(_pack_exception(err)))
+        return
+    _worker_send(conn, _MSG_RESULT, batch_id, data)
+
+
+def _first_unpicklable(results):
+    for i, r in enumerate(results):
+        try:
+            _dumps(r)
+        except Exception:
+            return i
+    return None
+
+
+_MAIN_MASK_LOCK = threading.Lock()
+
+
+def _start_process(ctx, target, args):
+    """Start a worker process that does not re-run the caller's __main__.
+
+    spawn and forkserver re-import the main module in every child (and crash
+    on scripts read from standard input, or respawn forever without a main
+    guard).  During ``start()`` the main module is replaced by an empty one,
+    so the child has nothing to re-import; tasks bring what they need.
+    """
+    process = ctx.Process(target=target, args=args, name="parallel-worker")
+    if ctx.get_start_method() == "fork":
+        process.start()
+        return process
+    with _MAIN_MASK_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            process.start()
+        finally:
+            sys.modules["__main__"] = main
+    return process
+
+
+class _Client:
+    """One call's (or one ``with Parallel`` block's) use of a pool."""
+
+    def __init__(self, max_workers, callback_error):
+        self.max_workers = max_workers
+        self.running = 0
+        self.closed = False
+        self.on_crash = callback_error
+
+
+class _PoolWorker:
+    __slots__ = ("process", "conn", "job", "idle_since", "killed", "retiring")
+
+    def __init__(self, process, conn):
+        self.process, self.conn = process, conn
+        self.job = None           # (client, batch, callback) while running
+        self.idle_since = time.monotonic()
+        self.killed = False
+        self.retiring = False
+
+
+class _Pool:
+    """A reusable pool of worker processes with one manager thread.
+
+    Batches wait in the caller's process until a worker is idle, so that
+    cancelling queued work never touches a worker, a crash is pinned on the
+    batch the dead worker held, and a call never uses more than its n_jobs
+    workers.  Idle workers exit after ``idle_timeout_s`` seconds.
+    """
+
+    def __init__(self, start_method, env, initializer=None, initargs=(),
+                 idle_timeout_s=_DEFAULT_IDLE_WORKER_TIMEOUT_S):
+        self.ctx = multiprocessing.get_context(start_method)
+        self.env = env
+        self.initializer, self.initargs = initializer, initargs
+        self.idle_timeout_s = idle_timeout_s
+        self.lock = threading.RLock()
+        self.workers = []
+        self.queue = collections.deque()   # (client, batch, payload, callback)
+        self.clients = set()
+        self.wake_r, self.wake_w = os.pipe()
+        self.closed = False
+        self.ids = itertools.count(1)
+        self.thread = threading.Thread(target=self._manage, daemon=True,
+                                       name="parallel-pool-manager")
+        self.thread.start()
+
+    # -- caller side ---------------------------------------------------------
+    def _wake(self):
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+
+    def register(self, client):
+        with self.lock:
+            self.clients.add(client)
+            wanted = sum(c.max_workers for c in self.clients)
+            missing = wanted - sum(1 for w in self.workers if not w.retiring)
+        for _ in range(missing):
+            self._spawn()
+        self._wake()
+
+    def unregister(self, client):
+        with self.lock:
+            client.closed = True
+            self.clients.discard(client)
+            self.queue = collections.deque(
+                j for j in self.queue if j[0] is not client)
+
+    def _spawn(self):
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        process = _start_process(self.ctx, _worker_main, (
+            child_conn, self.env, self.initializer, self.initargs))
+        child_conn.close()
+        with self.lock:
+            self.workers.append(_PoolWorker(process, parent_conn))
+
+    def submit(self, client, batch, payload, callback):
+        """Queue a pickled batch; ``callback(kind, data)`` reports its end."""
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("the worker pool has been shut down")
+            self.queue.append((client, batch, payload, callback))
+        self._wake()
+
+    def cancel(self, client):
+        """Drop the client's queued batches; running ones go on."""
+        with self.lock:
+            self.queue = collections.deque(
+                j for j in self.queue if j[0] is not client)
+
+    def kill(self, client):
+        """Cancel the client's queued batches and kill the workers running
+        its batches (they are replaced on demand)."""
+        with self.lock:
+            self.queue = collections.deque(
+                j for j in self.queue if j[0] is not client)
+            for w in self.workers:
+                if w.job is not None and w.job[0] is client and not w.killed:
+                    w.killed = True
+                    try:
+                        w.process.kill()
+                    except (OSError, AttributeError):
+                        pass
+        self._wake()
+
+    def shutdown(self, timeout_s=1.0):
+        """Stop every worker (ask, then kill after ``timeout_s``)."""
+        with self.lock:
+            self.closed = True
+            workers = list(self.workers)
+            self.queue.clear()
+        for w in workers:
+            try:
+                w.conn.send_bytes(b"")
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + timeout_s
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                w.process.kill()
+                w.process.join(1.0)
+        self._wake()
+
+    # -- manager thread ------------------------------------------------------
+    def _assign(self):
+        """Give queued batches to idle workers (lock held).  Returns the
+        number of workers to spawn."""
+        idle = [w for w in self.workers
+                if w.job is None and not w.killed and not w.retiring]
+        kept = collections.deque()
+        while self.queue:
+            job = self.queue.popleft()
+            client = job[0]
+            if client.running >= client.max_workers or not idle:
+                kept.append(job)
+                continue
+            w = idle.pop()
+            client.running += 1
+            batch_id = next(self.ids)
+            w.job = (client, job[1], job[3], batch_id)
+            track = b"1" if job[1].track_starts else b"0"
+            try:
+                w.conn.send_bytes(_MSG_RUN + batch_id.to_bytes(8, "little")
+                                  + track + job[2])
+            except (OSError, ValueError):
+                pass   # the worker died; its sentinel reports the loss
+        self.queue = kept
+        busy = sum(1 for w in self.workers if not w.retiring)
+        wanted = sum(c.max_workers for c in self.clients)
+        return max(0, min(len(kept), wanted - busy))
+
+    def _manage(self):
+        """Manager loop.  This runs in the pool's manager thread."""
+        wait = multiprocessing.connection.wait
+        while True:
+            with self.lock:
+                to_spawn = 0 if self.closed else self._assign()
+                workers = list(self.workers)
+                if self.closed and not workers:
+                    break
+            for _ in range(to_spawn):
+                try:
+                    self._spawn()
+                except Exception as e:   # report on the queued calls
+                    self._fail_queued(e)
+            if to_spawn:
+                continue
+            timeout = self._retire_idle(workers)
+            handles = {self.wake_r: None}
+            for w in workers:
+                handles[w.conn] = w
+                handles[w.process.sentinel] = w
+            for ready in wait(list(handles), timeout):
+                if ready == self.wake_r:
+                    os.read(self.wake_r, 4096)
+                    continue
+                w = handles[ready]
+                if ready is w.conn:
+                    self._receive(w)
+                else:
+                    self._reap(w)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _fail_queued(self, error):
+        with self.lock:
+            jobs, self.queue = list(self.queue), collections.deque()
+        for client, batch, payload, callback in jobs:
+            callback(_MSG_ERROR, pickle.dumps(_pack_exception(error)))
+
+    def _retire_idle(self, workers):
+        """Ask idle workers past the idle timeout to exit; returns seconds
+        until the next one expires (None: no idle worker)."""
+        now = time.monotonic()
+        nearest = None
+        for w in workers:
+            if w.job is not None or w.retiring or w.killed:
+                continue
+            left = w.idle_since + self.idle_timeout_s - now
+            if left <= 0 and not self.queue:
+                w.retiring = True
+                try:
+                    w.conn.send_bytes(b"")
+                except (OSError, ValueError):
+                    pass
+            elif nearest is None or left < nearest:
+                nearest = max(left, 0.01)
+        return nearest
+
+    def _receive(self, w):
+        try:
+            data = w.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._reap(w)
+            return
+        kind = data[:1]
+        job = w.job
+        if job is None or int.from_bytes(data[1:9], "little") != job[3]:
+            return   # answer of a batch cancelled with its killed worker
+        client, batch, callback, _ = job
+        if kind == _MSG_START:
+            batch.task_started_s = time.monotonic()
+            return
+        with self.lock:
+            w.job = None
+            w.idle_since = time.monotonic()
+            client.running -= 1
+        if not client.closed:
+            callback(kind, data[9:])
+        self._wake()
+
+    def _reap(self, w):
+        """A worker's sentinel fired: remove it; report a crash if it held a
+        batch it was not killed for."""
+        w.process.join(0.1)
+        with self.lock:
+            if w in self.workers:
+                self.workers.remove(w)
+            job, w.job = w.job, None
+            if job is not None:
+                job[0].running -= 1
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        if job is None or w.killed or job[0].closed:
+            return
+        code = w.process.exitcode
+        name, hint = _describe_exit(code)
+        error = TerminatedWorkerError(
+            "A worker process managed by the executor was unexpectedly "
+            "terminated (%s, pid %s) while running a task; likely cause: %s."
+            "\n\nThe exit codes of the workers are {%s}"
+            % (name, w.process.pid, hint, name))
+        job[2](_MSG_ERROR, pickle.dumps(_pack_exception(error)))
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _default_start_method():
+    method = _env("PARALLEL_START_METHOD", "JOBLIB_START_METHOD")
+    available = multiprocessing.get_all_start_methods()
+    if method is not None:
+        if method not in available:
+            raise ValueError("PARALLEL_START_METHOD=%r is not available here; "
+                             "use one of %s" % (method, available))
+        return method
+    return "forkserver" if "forkserver" in available else "spawn"
+
+
+def _get_pool(start_method, env, initializer=None, initargs=(),
+              idle_timeout_s=_DEFAULT_IDLE_WORKER_TIMEOUT_S):
+    """The shared pool for these settings; pools with other settings and no
+    client have their workers stopped."""
+    key = (start_method, tuple(sorted(env.items())), initializer,
+           _hashable(initargs), idle_timeout_s)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None or pool.closed:
+            for other_key, other in list(_POOLS.items()):
+                if not other.clients:
+                    other.shutdown(timeout_s=0.2)
+                    del _POOLS[other_key]
+            pool = _POOLS[key] = _Pool(start_method, env, initializer,
+                                       initargs, idle_timeout_s)
+        return pool
+
+
+def _hashable(value):
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return id(value)
+
+
+@atexit.register
+def _shutdown_pools():
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.shutdown(timeout_s=0.5)
+
+
+# ======================================================================
+# BACKENDS
+# ======================================================================
+class FallbackToBackend(Exception):
+    """Raised by ``configure`` to hand the call to another backend."""
+
+    def __init__(self, backend):
+        super().__init__(backend)
+        self.backend = backend
+
+
+class ParallelBackendBase:
+    """Base class and contract of Parallel backends (joblib's contract).
+
+    :class:`Parallel` calls, in order: ``configure(n_jobs, parallel,
+    **kwargs)`` (once per call, or once per ``with Parallel`` block; returns
+    the effective number of workers, or raises :class:`FallbackToBackend`),
+    then per call ``start_call()``, ``submit(batch, callback)`` for each
+    batch, ``retrieve_result_callback(out)`` in the caller's thread for each
+    ``callback(out)`` the backend made (any thread), ``stop_call()``, and
+    ``terminate()`` when done.  On the first task error it calls
+    ``cancel_pending()``; on timeout, Ctrl-C or a closed generator
+    ``abort_everything(ensure_ready)``.
+
+    Capability flags (class attributes): ``supports_timeout``,
+    ``supports_return_generator``, ``supports_sharedmem``, ``uses_threads``,
+    ``supports_inner_max_num_threads``, ``reports_task_starts`` (sets
+    ``batch.task_started_s`` so that timeouts count from the start of each
+    task) and ``batch_duration_band_s`` ((min, max) seconds aimed at by
+    ``batch_size='auto'``; None: batches of one task).
+
+    Parameters
+    ----------
+    nesting_level : int, optional
+        0 for a top-level call, +1 for each level of nesting.
+    inner_max_num_threads : int, optional
+        Limit of native threads per worker, where supported.
+    **backend_kwargs
+        Kept in ``self.backend_kwargs`` for subclasses.
+    """
+
+    default_n_jobs = 1
+    supports_timeout = False
+    supports_return_generator = True
+    supports_retrieve_callback = True
+    supports_sharedmem = False
+    uses_threads = False
+    supports_inner_max_num_threads = False
+    reports_task_starts = False
+    batch_duration_band_s: Optional[Tuple[float, float]] = None
+    MAX_NUM_THREADS_VARS = _THREAD_LIMIT_VARIABLES
+
+    def __init__(self, nesting_level=None, inner_max_num_threads=None,
+                 **backend_kwargs):
+        self.nesting_level = nesting_level
+        if inner_max_num_threads is not None and \
+                not self.supports_inner_max_num_threads:
+            raise ValueError("inner_max_num_threads=%r: the %s backend cannot "
+                             "limit native threads in its workers; use a "
+                             "process backend ('loky', 'processes')"
+                             % (inner_max_num_threads, type(self).__name__))
+        self.inner_max_num_threads = inner_max_num_threads
+        self.backend_kwargs = backend_kwargs
+
+    def effective_n_jobs(self, n_jobs):
+        """Number of workers ``n_jobs`` means here (-1: all CPUs)."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 has no meaning; use None, a positive "
+                             "int or a negative int (got 0)")
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs < 0:
+            return max(cpu_count() + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        """Prepare workers; return the effective number of workers."""
+        self.parallel = parallel
+        return self.effective_n_jobs(n_jobs)
+
+    def start_call(self):
+        """Called before the first batch of each call."""
+
+    def stop_call(self):
+        """Called after the last batch of each call (also after errors)."""
+
+    def submit(self, batch, callback):
+        """Run ``batch()`` (returns a list) and call ``callback(out)`` when
+        done or failed.  Returns a future-like object."""
+        raise NotImplementedError
+
+    def retrieve_result_callback(self, out):
+        """The results list of a finished batch from ``out``, or raise its
+        exception.  Runs in the caller's thread."""
+        return out.result()
+
+    def cancel_pending(self):
+        """Drop batches not started yet; running ones may finish."""
+
+    def abort_everything(self, ensure_ready=True):
+        """Stop all work of this backend now; stay usable if ensure_ready."""
+        self.cancel_pending()
+
+    def terminate(self):
+        """Release the workers of this call or block."""
+
+    def get_nested_backend(self):
+        """(backend, n_jobs) for Parallel calls made inside tasks: threads
+        at nesting level 1 with n_jobs=None (sequential unless the inner
+        call asks), sequential deeper."""
+        level = (self.nesting_level or 0) + 1
+        if level > 1:
+            return SequentialBackend(nesting_level=level), None
+        return ThreadingBackend(nesting_level=level), None
+
+    def retrieval_context(self):
+        """Context manager around result collection (dask uses it)."""
+        import contextlib
+        return contextlib.nullcontext()
+
+
+class _Done:
+    """Future-like result of a batch run in the caller's thread."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value=None, error=None):
+        self.value, self.error = value, error
+
+    def result(self, timeout=None):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def cancel(self):
+        return False
+
+
+class SequentialBackend(ParallelBackendBase):
+    """Runs each batch in the caller's thread, as it is submitted.
+
+    Used for n_jobs=1 by every built-in backend.  Nested calls keep the
+    active configuration.
+    """
+
+    uses_threads = True
+    supports_sharedmem = True
+
+    def effective_n_jobs(self, n_jobs):
+        super().effective_n_jobs(n_jobs)
+        return 1
+
+    def submit(self, batch, callback):
+        try:
+            done = _Done(batch())
+        except Exception as e:
+            done = _Done(error=e)
+        callback(done)
+        return done
+
+    def get_nested_backend(self):
+        cfg = _ACTIVE_CONFIG.get() or {}
+        backend = cfg.get("backend")
+        if isinstance(backend, ParallelBackendBase):
+            return backend, cfg.get("n_jobs")
+        return SequentialBackend(nesting_level=self.nesting_level), None
+
+
+class ThreadingBackend(ParallelBackendBase):
+    """Runs batches in a pool of threads of the caller's process.
+
+    Cheap to start, shares memory with the caller (``require='sharedmem'``)
+    and fast for code that releases the GIL (numpy, I/O).  Tasks get the
+    nested configuration, not the caller's ``parallel_config`` (as joblib).
+    A running task cannot be stopped: after an error, a timeout or Ctrl-C
+    nothing new starts and running tasks finish in the background.
+    """
+
+    supports_timeout = True
+    supports_sharedmem = True
+    uses_threads = True
+    reports_task_starts = True
+    batch_duration_band_s = (_THREAD_MIN_IDEAL_BATCH_DURATION_S,
+                             _THREAD_MAX_IDEAL_BATCH_DURATION_S)
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        n_jobs = self.effective_n_jobs(n_jobs)
+        if n_jobs == 1:
+            raise FallbackToBackend(
+                SequentialBackend(nesting_level=self.nesting_level))
+        self.parallel = parallel
+        self._n_jobs = n_jobs
+        self._executor = None
+        return n_jobs
+
+    def submit(self, batch, callback):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(
+                self._n_jobs, thread_name_prefix="parallel-thread")
+        future = self._executor.submit(batch)
+        future.add_done_callback(callback)
+        return future
+
+    def cancel_pending(self):
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def terminate(self):
+        self.cancel_pending()
+
+
+class ProcessBackend(ParallelBackendBase):
+    """Runs batches in a reusable pool of worker processes (the default).
+
+    Registered as ``'loky'`` (joblib's name) and ``'processes'``.  Workers
+    start with ``forkserver`` where available, else ``spawn``
+    (``PARALLEL_START_METHOD`` overrides), never re-import the caller's
+    ``__main__``, get thread-limit variables (``inner_max_num_threads`` or
+    ``max(cpu_count() // n_jobs, 1)``; values set in the caller's
+    environment win), and are reused by later calls with the same settings.
+    Tasks are pickled once per batch with cloudpickle; arrays above
+    ``max_nbytes`` travel as memory maps.  A worker that dies raises
+    :class:`TerminatedWorkerError`; a timeout kills the overdue worker.
+
+    Extra ``Parallel``/``parallel_config`` keywords: ``initializer`` and
+    ``initargs`` (run once per worker process, which is reused),
+    ``idle_worker_timeout`` (seconds, default 300).
+    """
+
+    supports_timeout = True
+    supports_inner_max_num_threads = True
+    reports_task_starts = True
+    batch_duration_band_s = (_MIN_IDEAL_BATCH_DURATION_S,
+                             _MAX_IDEAL_BATCH_DURATION_S)
+    start_method: Optional[str] = None
+    private_pool = False
+
+    def configure(self, n_jobs=1, parallel=None, temp_folder=None,
+                  max_nbytes=_DEFAULT_MAX_NBYTES, mmap_mode=_DEFAULT_MMAP_MODE,
+                  initializer=None, initargs=(), idle_worker_timeout=None,
+                  **unknown):
+        if unknown:
+            raise ValueError("unknown keyword argument(s) for the %s backend: "
+                             "%s" % (type(self).__name__,
+                                     ", ".join(sorted(unknown))))
+        n_jobs = self.effective_n_jobs(n_jobs)
+        if n_jobs == 1:
+            raise FallbackToBackend(
+                SequentialBackend(nesting_level=self.nesting_level))
+        if not _multiprocessing_available():
+            warnings.warn("process backends are not available here; falling "
+                          "back to threads", UserWarning, stacklevel=3)
+            raise FallbackToBackend(ThreadingBackend(
+                nesting_level=self.nesting_level))
+        self.parallel = parallel
+        self._temp_root = _temp_root(temp_folder)
+        self._max_nbytes = _parse_nbytes(max_nbytes)
+        self._mmap_mode = mmap_mode
+        idle = idle_worker_timeout if idle_worker_timeout is not None else \
+            float(_env("PARALLEL_IDLE_WORKER_TIMEOUT",
+                       default=_DEFAULT_IDLE_WORKER_TIMEOUT_S))
+        env = self._worker_env(n_jobs)
+        method = self.start_method or _default_start_method()
+        if self.private_pool:
+            self._pool = _Pool(method, env, initializer, initargs, idle)
+        else:
+            self._pool = _get_pool(method, env, initializer, initargs, idle)
+        self._client = _Client(n_jobs, None)
+        self._pool.register(self._client)
+        self._folder = None
+        self._reducer = None
+        return n_jobs
+
+    def _worker_env(self, n_jobs):
+        limit = self.inner_max_num_threads
+        env = {}
+        for name in _THREAD_LIMIT_VARIABLES:
+            if limit is not None:
+                env[name] = str(limit)
+            elif name in os.environ:
+                env[name] = os.environ[name]
+            else:
+                env[name] = str(max(cpu_count() // n_jobs, 1))
+        return env
+
+    def start_call(self):
+        self._folder = _CallFolder(self._temp_root)
+        self._reducer = _ArrayReducer(self._max_nbytes, self._mmap_mode,
+                                      self._folder)
+
+    def stop_call(self):
+        if self._folder is not None:
+            self._folder.cleanup()
+        self._reducer = None
+
+    def submit(self, batch, callback):
+        try:
+            payload = _dumps(batch, self._reducer)
+        except OSError:
+            raise
+        except Exception as e:
+            raise pickle.PicklingError(
+                "could not pickle the task to send it to the workers: batch "
+                "of tasks %d..%d, calling %s (%s: %s)" % (
+                    batch.start, batch.start + len(batch) - 1,
+                    getattr(batch.tasks[0][0], "__qualname__",
+                            batch.tasks[0][0]), type(e).__name__, e)) from e
+        self._pool.submit(self._client, batch, payload,
+                          lambda kind, data: callback((kind, data)))
+        return None
+
+    def retrieve_result_callback(self, out):
+        kind, data = out
+        if kind == _MSG_RESULT:
+            duration_s, results = pickle.loads(data)
+            return results
+        raise _unpack_exception(pickle.loads(data))
+
+    def cancel_pending(self):
+        self._pool.cancel(self._client)
+
+    def abort_everything(self, ensure_ready=True):
+        self._pool.kill(self._client)
+
+    def terminate(self):
+        self.stop_call()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.unregister(self._client)
+            if self.private_pool:
+                pool.shutdown()
+            self._pool = None
+
+
+LokyBackend = ProcessBackend
+
+
+class MultiprocessingBackend(ProcessBackend):
+    """Process backend with a new pool per call (or per ``with`` block)
+    started with ``fork`` where available, so tasks see the caller's
+    globals as they are at call time (joblib's 'multiprocessing').
+
+    Unlike ``multiprocessing.Pool`` it detects dead workers
+    (:class:`TerminatedWorkerError` instead of a hang), pickles tasks with
+    cloudpickle (lambdas and local classes work), limits native threads and
+    supports every ``return_as`` mode.
+    """
+
+    private_pool = True
+    start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() \
+        else "spawn"
+
+
+def _register_dask():
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ValueError("backend 'dask' needs dask.distributed; install it "
+                         "with `pip install distributed`") from None
+    BACKENDS["dask"] = DaskBackend
+
+
+class DaskBackend(ParallelBackendBase):
+    """Runs batches on a dask.distributed cluster through the active
+    ``distributed.Client`` (or ``client=`` given to parallel_config).
+
+    n_jobs=-1 means every thread of the cluster.  A task that kills its
+    dask worker fails the call (``KilledWorker``) instead of hanging.
+    """
+
+    supports_timeout = True
+    batch_duration_band_s = (_MIN_IDEAL_BATCH_DURATION_S,
+                             _MAX_IDEAL_BATCH_DURATION_S)
+    default_n_jobs = -1
+
+    def __init__(self, nesting_level=None, inner_max_num_threads=None,
+                 client=None, **backend_kwargs):
+        super().__init__(nesting_level, inner_max_num_threads,
+                         **backend_kwargs)
+        self.client = client
+
+    def effective_n_jobs(self, n_jobs):
+        super().effective_n_jobs(n_jobs)
+        client = self.client
+        if client is None:
+            from distributed import get_client
+            client = get_client()
+        threads = sum(client.nthreads().values()) or 1
+        return threads if n_jobs is None or n_jobs < 0 else n_jobs
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        if self.client is None:
+            from distributed import get_client
+            self.client = get_client()
+        self.parallel = parallel
+        self._futures = set()
+        return self.effective_n_jobs(n_jobs)
+
+    def submit(self, batch, callback):
+        future = self.client.submit(batch, pure=False)
+        self._futures.add(future)
+        future.add_done_callback(callback)
+        return future
+
+    def retrieve_result_callback(self, out):
+        self._futures.discard(out)
+        return out.result()
+
+    def cancel_pending(self):
+        futures, self._futures = list(self._futures), set()
+        if futures:
+            self.client.cancel(futures)
+
+    def get_nested_backend(self):
+        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), \
+            None
+
+
+BACKENDS: dict = {
+    "loky": ProcessBackend,
+    "processes": ProcessBackend,
+    "multiprocessing": MultiprocessingBackend,
+    "threading": ThreadingBackend,
+    "threads": ThreadingBackend,
+    "sequential": SequentialBackend,
+}
+EXTERNAL_BACKENDS: dict = {"dask": _register_dask}
+_DEFAULT_BACKEND = ["loky"]
+
+
+# ======================================================================
+# CONFIGURATION: parallel_config, parallel_backend, the backend registry
+# ======================================================================
+class _Unset:
+    """Marker for 'not given: take it from the active configuration'."""
+
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+_DEFAULTS = {"n_jobs": None, "verbose": 0, "temp_folder": None,
+             "max_nbytes": _DEFAULT_MAX_NBYTES, "mmap_mode": _DEFAULT_MMAP_MODE,
+             "prefer": None, "require": None, "progress": None}
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter has a value of the wrong type (both a ValueError, as
+    joblib raises, and a TypeError)."""
+
+
+class UnknownBackendError(KeyError, ValueError):
+    """No backend is registered under this name (a KeyError and a
+    ValueError)."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+def _check_n_jobs(n_jobs, name="n_jobs"):
+    if n_jobs is None:
+        return None
+    if isinstance(n_jobs, bool) or not hasattr(n_jobs, "__index__"):
+        raise InvalidParameterError(
+            "%s must be None or an int such as 2 or -1 (got %r)"
+            % (name, n_jobs))
+    n_jobs = operator.index(n_jobs)
+    if n_jobs == 0:
+        raise ValueError("%s == 0 has no meaning; use None, a positive int "
+                         "or a negative int (got 0)" % name)
+    return n_jobs
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError("%s=%r is not valid; expected one of %s"
+                         % (name, value, ", ".join(map(repr, choices))))
+    return value
+
+
+def _check_common(values):
+    """Validate the parameters shared by Parallel and parallel_config."""
+    checks = {
+        "n_jobs": _check_n_jobs,
+        "verbose": lambda v: v if isinstance(v, int) else _raise(
+            InvalidParameterError("verbose must be an int (got %r)" % (v,))),
+        "temp_folder": lambda v: v if v is None or isinstance(
+            v, (str, os.PathLike)) else _raise(InvalidParameterError(
+                "temp_folder must be a path or None (got %r)" % (v,))),
+        "max_nbytes": lambda v: (_parse_nbytes(v), v)[1],
+        "mmap_mode": lambda v: _check_choice("mmap_mode", v,
+                                             (None, "r", "r+", "w+", "c")),
+        "prefer": lambda v: _check_choice("prefer", v,
+                                          (None, "processes", "threads")),
+        "require": lambda v: _check_choice("require", v, (None, "sharedmem")),
+        "progress": lambda v: v if v is None or isinstance(v, bool) or
+        callable(v) else _raise(InvalidParameterError(
+            "progress must be True, False, None or a callable "
+            "progress(n_done, n_total) (got %r)" % (v,))),
+    }
+    for key, value in values.items():
+        if value is not _UNSET and key in checks:
+            values[key] = checks[key](value)
+    if values.get("prefer") == "processes" and \
+            values.get("require") == "sharedmem":
+        raise ValueError("prefer='processes' and require='sharedmem' are "
+                         "inconsistent settings")
+    return values
+
+
+def _raise(error):
+    raise error
+
+
+def _backend_factory(name):
+    """The registered factory for ``name`` (registering an external backend
+    on first use), or UnknownBackendError naming the registered ones."""
+    factory = BACKENDS.get(name)
+    if factory is None and name in EXTERNAL_BACKENDS:
+        EXTERNAL_BACKENDS[name]()
+        factory = BACKENDS.get(name)
+    if factory is None:
+        raise UnknownBackendError(
+            "unknown backend %r; registered backends: %s (register others "
+            "with register_parallel_backend)" % (
+                name, ", ".join(sorted(set(BACKENDS) | set(EXTERNAL_BACKENDS)))))
+    return factory
+
+
+def _make_backend(spec, nesting_level=None):
+    """A backend instance from a name, a (name, params) pair or an instance.
+
+    The one resolver used by Parallel and the context managers.
+    """
+    if isinstance(spec, ParallelBackendBase):
+        backend = spec
+    else:
+        name, params = (spec, {}) if isinstance(spec, str) else spec
+        if not isinstance(name, str):
+            raise InvalidParameterError(
+                "backend must be a name such as 'loky' or 'threading', or a "
+                "ParallelBackendBase instance (got %r)" % (name,))
+        backend = _backend_factory(name)(**params)
+        if not isinstance(backend, ParallelBackendBase):
+            raise InvalidParameterError("the factory of backend %r returned "
+                                        "%r, not a ParallelBackendBase"
+                                        % (name, backend))
+    if backend.nesting_level is None:
+        backend.nesting_level = nesting_level or 0
+    return backend
+
+
+def _active_backend():
+    """(backend, n_jobs) of the active configuration (no prefer/require)."""
+    cfg = _ACTIVE_CONFIG.get() or {}
+    spec = cfg.get("backend")
+    if spec is None:
+        backend = _make_backend(_DEFAULT_BACKEND[0])
+    else:
+        backend = _make_backend(spec)
+    return backend, cfg.get("n_jobs")
+
+
+class parallel_config:
+    """Set the default backend and parameters of Parallel in a block, as
+    joblib's ``parallel_config``.
+
+    Each given keyword overrides the enclosing configuration; keywords not
+    given are inherited.  The configuration is context-local
+    (:mod:`contextvars`): it applies to the current thread (or asyncio
+    task) and to tasks run by our backends, not to threads the block starts
+    by other means.  Active from construction (so
+    ``cfg = parallel_config(...)`` ... ``cfg.unregister()`` works too).
+
+    Parameters
+    ----------
+    backend : str or ParallelBackendBase, optional
+        Registered name (``'loky'``, ``'processes'``, ``'multiprocessing'``,
+        ``'threading'``, ``'sequential'``, ``'dask'``, or one registered with
+        :func:`register_parallel_backend`) or an instance.
+    n_jobs : int or None, optional
+        Workers for ``Parallel()`` calls in the block (-1: all CPUs).
+    verbose : int, optional
+        Progress message level (see :class:`Parallel`).
+    temp_folder : str, optional
+        Folder for shared segments.
+    max_nbytes : int, str or None, optional
+        Auto-memmapping threshold in bytes (``'1M'``).
+    mmap_mode : {None, 'r', 'r+', 'w+', 'c'}, optional
+        Mode of auto-memmapped inputs in workers.
+    prefer : {None, 'processes', 'threads'}, optional
+        Soft hint used when no backend is chosen.
+    require : {None, 'sharedmem'}, optional
+        Hard constraint: thread-based backend.
+    inner_max_num_threads : int, optional
+        Native threads per worker process (process backends only).
+    progress : bool or callable, optional
+        As :class:`Parallel`'s ``progress``.
+    **backend_params
+        Passed to the backend's constructor (``backend`` must be a name).
+
+    Raises
+    ------
+    ValueError
+        Bad values (naming the parameter), parameters that need a backend
+        name, or ``inner_max_num_threads`` for a backend without support.
+    KeyError
+        Unknown backend name (:class:`UnknownBackendError`, also a
+        ValueError).
+    """
+
+    def __init__(self, backend=_UNSET, *, n_jobs=_UNSET, verbose=_UNSET,
+                 temp_folder=_UNSET, max_nbytes=_UNSET, mmap_mode=_UNSET,
+                 prefer=_UNSET, require=_UNSET, inner_max_num_threads=_UNSET,
+                 progress=_UNSET, **backend_params):
+        given = _check_common(dict(
+            n_jobs=n_jobs, verbose=verbose, temp_folder=temp_folder,
+            max_nbytes=max_nbytes, mmap_mode=mmap_mode, prefer=prefer,
+            require=require, progress=progress))
+        old = _ACTIVE_CONFIG.get()
+        config = dict(old or {})
+        config.update((k, v) for k, v in given.items() if v is not _UNSET)
+        if inner_max_num_threads is not _UNSET and \
+                inner_max_num_threads is not None:
+            _check_positive_int("inner_max_num_threads", inner_max_num_threads)
+            backend_params["inner_max_num_threads"] = inner_max_num_threads
+        self.backend_instance = None
+        if backend is not _UNSET and backend is not None:
+            if isinstance(backend, ParallelBackendBase):
+                if backend_params:
+                    raise ValueError("backend parameters %s need a backend "
+                                     "name, not an instance"
+                                     % sorted(backend_params))
+                spec = backend
+            else:
+                spec = (backend, backend_params)
+            parent = (old or {}).get("backend")
+            level = parent.nesting_level if isinstance(
+                parent, ParallelBackendBase) else 0
+            self.backend_instance = _make_backend(spec, level)
+            config["backend"] = spec
+        elif backend_params:
+            raise ValueError("inner_max_num_threads and backend parameters "
+                             "%s need a backend name" % sorted(backend_params))
+        elif backend is None:
+            config["backend"] = None
+        self.config = config
+        self._old = old
+        self._token = _ACTIVE_CONFIG.set(config)
+
+    def __enter__(self):
+        return self.config
+
+    def __exit__(self, *exc_info):
+        self.unregister()
+
+    def unregister(self):
+        """Restore the configuration that was active at construction."""
+        try:
+            _ACTIVE_CONFIG.reset(self._token)
+        except (ValueError, RuntimeError):
+            _ACTIVE_CONFIG.set(self._old)
+
+
+class parallel_backend(parallel_config):
+    """Legacy form of :class:`parallel_config`, as joblib's
+    ``parallel_backend``: ``backend`` is required and ``n_jobs`` defaults
+    to -1 (all CPUs).  ``with`` returns ``(backend_instance, n_jobs)``.
+    Parameters and errors as :class:`parallel_config`."""
+
+    def __init__(self, backend, n_jobs=-1, inner_max_num_threads=None,
+                 **backend_params):
+        super().__init__(backend, n_jobs=n_jobs,
+                         inner_max_num_threads=inner_max_num_threads,
+                         **backend_params)
+
+    def __enter__(self):
+        return self.backend_instance, self.config.get("n_jobs")
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("%s must be a positive int (got %r)" % (name, value))
+    return value
+
+
+def register_parallel_backend(name: str, factory: Callable[..., Any],
+                              make_default: bool = False) -> None:
+    """Register a backend factory under ``name``, as joblib's function.
+
+    Parameters
+    ----------
+    name : str
+        Name for ``Parallel(backend=name)`` and ``parallel_config(name)``.
+    factory : callable
+        Returns a :class:`ParallelBackendBase`; called with the backend
+        parameters given to ``parallel_config`` (a subclass works).
+    make_default : bool, default False
+        Make it the default backend of this process (process-wide, as
+        joblib).
+
+    Raises
+    ------
+    ValueError
+        When ``name`` is not a non-empty string or ``factory`` is not
+        callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string (got %r)" % (name,))
+    if not callable(factory):
+        raise ValueError("factory must be callable (got %r)" % (factory,))
+    BACKENDS[name] = factory
+    if make_default:
+        _DEFAULT_BACKEND[0] = name
+
+
+def effective_n_jobs(n_jobs: Optional[int] = -1) -> int:
+    """Number of workers ``n_jobs`` means for the active backend, as
+    joblib's function: -1 is every CPU, -2 all but one, None the active
+    configuration's n_jobs (1 by default).
+
+    Raises
+    ------
+    ValueError
+        For 0 or a value that is not an int (naming it).
+    """
+    n_jobs = _check_n_jobs(n_jobs)
+    if n_jobs == 1:
+        return 1
+    backend, cfg_n_jobs = _active_backend()
+    if n_jobs is None:
+        n_jobs = cfg_n_jobs
+    return backend.effective_n_jobs(n_jobs)
+
+
+# ======================================================================
+# PARALLEL: validation, dispatch, retrieval, return_as, progress, abort
+# ======================================================================
+class _TextBar:
+    """One-line progress bar on stderr (used when tqdm is not installed)."""
+
+    def __init__(self, total):
+        self.total, self.start = total, time.monotonic()
+
+    def __call__(self, done, total):
+        elapsed = time.monotonic() - self.start
+        if total:
+            filled = int(30 * done / total)
+            text = "\r[%s%s] %d/%d %.1fs" % ("#" * filled, "." * (30 - filled),
+                                             done, total, elapsed)
+        else:
+            text = "\r%d done %.1fs" % (done, elapsed)
+        sys.stderr.write(text + ("\n" if total and done >= total else ""))
+        sys.stderr.flush()
+
+    def close(self):
+        pass
+
+
+class _TqdmBar:
+    def __init__(self, tqdm, total):
+        self.bar = tqdm(total=total)
+
+    def __call__(self, done, total):
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self):
+        self.bar.close()
+
+
+def _progress_reporter(progress, total):
+    """A callable(done, total) for ``progress`` and a close function."""
+    if callable(progress) and not isinstance(progress, bool):
+        return progress, None
+    try:
+        from tqdm.auto import tqdm
+        bar = _TqdmBar(tqdm, total)
+    except ImportError:
+        bar = _TextBar(total)
+    return bar, bar.close
+
+
+class _Call:
+    """The state of one call of a Parallel instance (caller's thread)."""
+
+    def __init__(self, parallel, backend, n_jobs, iterable):
+        self.parallel = parallel
+        self.backend = backend
+        self.n_jobs = n_jobs
+        self.n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
+        self.iterator = iter(iterable)
+        self.exhausted = False
+        self.queue = queue.SimpleQueue()
+        self.inflight = collections.deque()
+        self.ready = collections.deque()
+        self.ordered = parallel.return_as != "generator_unordered"
+        self.lazy = parallel.return_as != "list"
+        self.outstanding = 0
+        self.n_pulled = self.n_done = self.n_batches = 0
+        self.start_time = time.time()
+        self.closed_reason = None
+        self.active = True
+        sequential = isinstance(backend, SequentialBackend)
+        pre = parallel.pre_dispatch
+        if sequential:
+            self.window = 1
+        elif pre == "all":
+            self.window = sys.maxsize
+        else:
+            value = pre if isinstance(pre, int) else \
+                _eval_pre_dispatch(pre, n_jobs)
+            if value < 1:
+                raise ValueError("pre_dispatch=%r gives %d tasks for n_jobs=%d;"
+                                 " it must give at least 1" % (pre, value,
+                                                               n_jobs))
+            self.window = value
+        self.pre_dispatch_amount = 0
+        batcher = parallel._batcher
+        if parallel.batch_size != "auto":
+            self.batcher = _AutoBatcher(fixed=parallel.batch_size)
+        elif sequential or backend.batch_duration_band_s is None:
+            self.batcher = _AutoBatcher(fixed=1)
+        elif batcher is not None and parallel._managed is not None:
+            self.batcher = batcher            # stats persist in a with block
+        else:
+            self.batcher = _AutoBatcher(*backend.batch_duration_band_s)
+            if parallel._managed is not None:
+                parallel._batcher = self.batcher
+        nested, nested_n_jobs = backend.get_nested_backend()
+        self.nested_config = _ACTIVE_CONFIG.get() if sequential else {
+            "backend": nested, "n_jobs": nested_n_jobs}
+        self.track_starts = parallel.timeout is not None
+        progress = parallel.progress
+        self.report, self.close_report = (None, None) if not progress else \
+            _progress_reporter(progress, self.n_tasks)
+
+    # -- dispatch ------------------------------------------------------------
+    def dispatch_more(self):
+        backend, q = self.backend, self.queue
+        while not self.exhausted and self.outstanding < self.window:
+            remaining = None if self.n_tasks is None else \
+                self.n_tasks - self.n_pulled
+            size = self.batcher.next_size(self.n_jobs, remaining)
+            tasks = list(itertools.islice(self.iterator, size))
+            if len(tasks) < size:
+                self.exhausted = True
+                self.iterator = None
+            if not tasks:
+                break
+            batch = _Batch(tasks, self.nested_config, self.n_batches,
+                           self.n_pulled)
+            batch.track_starts = self.track_starts
+            self.n_pulled += len(tasks)
+            self.n_batches += 1
+            self.outstanding += 1
+            self.inflight.append(batch)
+            batch.submitted_s = time.monotonic()
+            batch.future = backend.submit(
+                batch, lambda out, b=batch: q.put((b, out)))
+            if self.n_batches == 1 or not self.exhausted:
+                self.pre_dispatch_amount = self.n_pulled
+
+    # -- retrieval -----------------------------------------------------------
+    def wait_one(self):
+        """Take one finished batch off the queue (raising its error)."""
+        timeout = self.parallel.timeout
+        while True:
+            wait_s = None
+            if timeout is not None:
+                wait_s = self._check_deadlines(timeout)
+            try:
+                batch, out = self.queue.get(timeout=wait_s)
+            except queue.Empty:
+                continue
+            break
+        with self.backend.retrieval_context():
+            results = self.backend.retrieve_result_callback(out)
+        if len(results) != len(batch):
+            raise RuntimeError("backend %s returned %d results for a batch of "
+                               "%d tasks" % (type(self.backend).__name__,
+                                             len(results), len(batch)))
+        batch.results, batch.done = results, True
+        self.n_done += len(batch)
+        duration = batch.duration_s
+        if duration is None:
+            duration = time.monotonic() - batch.submitted_s
+        message = self.batcher.record(len(batch), duration)
+        if message is not None and self.parallel.verbose >= 10:
+            self.parallel._print(message)
+        if not self.lazy:
+            self.outstanding -= 1
+        if not self.ordered:
+            self.inflight.remove(batch)
+            self.ready.append(batch)
+        if self.report is not None:
+            self.report(self.n_done, self.n_tasks if not self.exhausted
+                        else self.n_pulled)
+        self.print_progress()
+
+    def _check_deadlines(self, timeout):
+        now = time.monotonic()
+        nearest = 0.05
+        track = self.backend.reports_task_starts
+        for batch in self.inflight:
+            if batch.done:
+                continue
+            started = batch.task_started_s if track else batch.submitted_s
+            if started is None:
+                continue
+            left = started + timeout - now
+            if left <= 0:
+                raise ParallelTimeoutError(
+                    "a task ran longer than timeout=%s seconds (batch of "
+                    "tasks %d..%d)" % (timeout, batch.start,
+                                       batch.start + len(batch) - 1))
+            nearest = min(nearest, left)
+        return nearest
+
+    def print_progress(self):
+        """joblib's progress lines, formats and frequencies."""
+        verbose = self.parallel.verbose
+        if verbose <= 0:
+            return
+        width = (int(math.log10(self.n_tasks)) + 1) if self.n_tasks else 3
+        elapsed = time.time() - self.start_time
+        done = self.n_done
+        if self.exhausted and done == self.n_pulled:
+            return   # the final line is printed by finish()
+        if not self.exhausted:
+            if _verbosity_filter(self.n_batches - 1, verbose):
+                return
+            if self.n_tasks is not None:
+                self.parallel._print("Done %*d out of %*d | elapsed: %s" % (
+                    width, done, width, self.n_tasks,
+                    _short_format_time(elapsed)))
+            else:
+                pad = " " * (len("out of ") + width - len("tasks"))
+                self.parallel._print("Done %*d tasks %s| elapsed: %s" % (
+                    width, done, pad, _short_format_time(elapsed)))
+            return
+        total = self.n_pulled
+        cursor = total - done + 1 - self.pre_dispatch_amount
+        frequency = total // verbose + 1
+        if done + 1 == total or cursor % frequency:
+            return
+        remaining = elapsed / done * (total - done)
+        self.parallel._print("Done %*d out of %*d | elapsed: %s remaining: %s"
+                             % (width, done, width, total,
+                                _short_format_time(elapsed),
+                                _short_format_time(remaining)))
+
+    # -- the loop ------------------------------------------------------------
+    def chunks(self):
+        """Yield lists of results (one per batch) in the chosen order."""
+        try:
+            self.backend.start_call()
+            if self.parallel.verbose > 0 and not isinstance(
+                    self.backend, SequentialBackend):
+                self.parallel._print("Using backend %s with %d concurrent "
+                                     "workers." % (type(self.backend).__name__,
+                                                   self.n_jobs))
+            self.dispatch_more()
+            while True:
+                if self.closed_reason is not None:
+                    raise RuntimeError(self.closed_reason)
+                if self.ordered:
+                    while self.inflight and self.inflight[0].done:
+                        batch = self.inflight.popleft()
+                        if self.lazy:
+                            self.outstanding -= 1
+                        yield batch.results
+                else:
+                    while self.ready:
+                        batch = self.ready.popleft()
+                        if self.lazy:
+                            self.outstanding -= 1
+                        yield batch.results
+                self.dispatch_more()
+                if not self.inflight and self.exhausted:
+                    break
+                if self.closed_reason is not None:
+                    raise RuntimeError(self.closed_reason)
+                self.wait_one()
+            if self.parallel.verbose > 0:
+                self.parallel._print("Done %*d out of %*d | elapsed: %s "
+                                     "finished" % (
+                                         3 if not self.n_tasks else
+                                         int(math.log10(self.n_tasks)) + 1,
+                                         self.n_done,
+                                         3 if not self.n_tasks else
+                                         int(math.log10(self.n_tasks)) + 1,
+                                         self.n_done, _short_format_time(
+                                             time.time() - self.start_time)))
+        except Exception as e:
+            if isinstance(e, ParallelTimeoutError):
+                self.backend.abort_everything(ensure_ready=True)
+            else:
+                self.backend.cancel_pending()
+            raise
+        except BaseException:   # Ctrl-C, generator closed or dropped
+            self.backend.abort_everything(ensure_ready=True)
+            raise
+        finally:
+            self.finish()
+
+    def finish(self):
+        if not self.active:
+            return
+        self.active = False
+        self.iterator = None
+        if self.close_report is not None:
+            self.close_report()
+        try:
+            self.backend.stop_call()
+        finally:
+            if self.parallel._managed is None:
+                self.backend.terminate()
+
+
+class Parallel:
+    """Run ``delayed`` calls in parallel workers, as joblib's ``Parallel``.
+
+    ``Parallel(n_jobs=2)(delayed(f)(x) for x in data)`` returns
+    ``[f(x) for x in data]`` computed by 2 workers.  Every parameter left
+    out comes from the active :class:`parallel_config`, then the defaults.
+
+    Parameters
+    ----------
+    n_jobs : int or None, default None
+        Maximum number of concurrent workers.  None: the active
+        configuration's, else 1 (run in the caller, no pool).  -1: every
+        CPU (:func:`cpu_count`), -k: ``max(cpu_count() + 1 - k, 1)``.
+    backend : str or ParallelBackendBase, optional
+        ``'loky'``/``'processes'`` (default; reusable worker processes),
+        ``'multiprocessing'``, ``'threading'``, ``'sequential'``,
+        ``'dask'``, a name registered with :func:`register_parallel_backend`,
+        or an instance.  Libraries should prefer ``prefer``/``require``.
+    return_as : {'list', 'generator', 'generator_unordered'}, default 'list'
+        A list in input order, a generator in input order, or a generator in
+        completion order.  Generators pull input only as they are consumed
+        (at most ``pre_dispatch`` tasks ahead); closing or dropping one stops
+        the work.
+    prefer : {None, 'processes', 'threads'}, default None
+        Soft hint used when no backend was chosen.
+    require : {None, 'sharedmem'}, default None
+        Hard constraint: run on a thread-based backend.
+    verbose : int, default 0
+        Progress messages in joblib's format: to stderr below 50, to stdout
+        from 50; more lines as it grows, every batch above 10; none at 0 or
+        below.
+    timeout : float or None, default None
+        Seconds a single task may run, counted from when it starts.  An
+        overdue task raises :class:`ParallelTimeoutError` in the caller
+        within a fraction of a second; process workers running the call are
+        killed; threads cannot be, so they finish in the background while
+        nothing new starts.
+    pre_dispatch : 'all', int or str, default '2 * n_jobs'
+        Tasks taken from the input ahead of the workers: an int, 'all', or
+        an arithmetic expression of numbers and ``n_jobs``.
+    batch_size : int or 'auto', default 'auto'
+        Tasks per batch.  'auto' sizes batches from measured durations so
+        that each lasts 0.2 to 2 s on processes (shorter on threads), with
+        smaller batches at the end of an input of known length.
+    temp_folder : str, optional
+        Folder for shared segments (default: ``PARALLEL_TEMP_FOLDER``,
+        ``JOBLIB_TEMP_FOLDER``, /dev/shm when it has room, the system temp
+        folder).
+    max_nbytes : int, str or None, default '1M'
+        Arrays larger than this many bytes reach process workers as memory
+        maps of one copy in ``temp_folder``; None disables it.
+    mmap_mode : {None, 'r', 'r+', 'w+', 'c'}, default 'r'
+        Mode of those memory maps ('c': private writable copy; writes never
+        reach the caller's array).  None disables auto-memmapping.
+    progress : bool or callable, optional
+        True: a tqdm bar (a text bar on stderr without tqdm); a callable:
+        ``progress(n_done, n_total_or_None)`` called in the caller's thread
+        after every completed batch, for every backend and n_jobs=1.
+    **backend_kwargs
+        Passed to the backend's ``configure`` (process backends:
+        ``initializer``, ``initargs``, ``idle_worker_timeout``,
+        ``inner_max_num_threads``).
+
+    Raises
+    ------
+    ValueError
+        At construction, for a bad value of any parameter (the message names
+        it and the value).
+    KeyError
+        For an unknown backend name (:class:`UnknownBackendError`, also a
+        ValueError).
+
+    Notes
+    -----
+    Task exceptions are re-raised in the caller with their type; from
+    processes the worker traceback is attached as ``__cause__`` (or a note
+    when the worker's own ``__cause__`` survived); threads keep the original
+    traceback.  A worker process that dies raises
+    :class:`TerminatedWorkerError`.  ``with Parallel(...) as p:`` keeps the
+    same workers for every call in the block.
+
+    Examples
+    --------
+    >>> from math import modf
+    >>> r = Parallel(n_jobs=1)(delayed(modf)(i / 2.) for i in range(4))
+    >>> res, i = zip(*r)
+    >>> res
+    (0.0, 0.5, 0.0, 0.5)
+    """
+
+    def __init__(self, n_jobs: Optional[int] = None, backend: Any = None,
+                 return_as: str = "list", verbose: Any = _UNSET,
+                 timeout: Optional[float] = None,
+                 pre_dispatch: Union[str, int] = _DEFAULT_PRE_DISPATCH,
+                 batch_size: Union[str, int] = "auto",
+                 temp_folder: Any = _UNSET, max_nbytes: Any = _UNSET,
+                 mmap_mode: Any = _UNSET, prefer: Any = _UNSET,
+                 require: Any = _UNSET, progress: Any = _UNSET,
+                 **backend_kwargs: Any):
+        cfg = _ACTIVE_CONFIG.get() or {}
+        given = _check_common(dict(
+            n_jobs=_UNSET if n_jobs is None else n_jobs, verbose=verbose,
+            temp_folder=temp_folder, max_nbytes=max_nbytes,
+            mmap_mode=mmap_mode, prefer=prefer, require=require,
+            progress=progress))
+        values = {k: (v if v is not _UNSET else cfg.get(k, _DEFAULTS[k]))
+                  for k, v in given.items()}
+        self.n_jobs = values["n_jobs"]
+        self.verbose = values["verbose"]
+        self.temp_folder = values["temp_folder"]
+        self.max_nbytes = values["max_nbytes"]
+        self.mmap_mode = values["mmap_mode"]
+        self.progress = values["progress"]
+        self.return_as = _check_choice(
+            "return_as", return_as, ("list", "generator",
+                                     "generator_unordered"))
+        if timeout is not None and (isinstance(timeout, bool) or not
+                                    isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise ValueError("timeout must be a positive number of seconds "
+                             "or None (got %r)" % (timeout,))
+        self.timeout = timeout
+        if not (pre_dispatch == "all" or isinstance(pre_dispatch, str) or (
+                isinstance(pre_dispatch, int)
+                and not isinstance(pre_dispatch, bool) and pre_dispatch > 0)):
+            raise ValueError("pre_dispatch must be 'all', a positive int or an "
+                             "expression such as '2 * n_jobs' (got %r)"
+                             % (pre_dispatch,))
+        if isinstance(pre_dispatch, str) and pre_dispatch != "all":
+            _eval_pre_dispatch(pre_dispatch, 1)   # syntax check now
+        self.pre_dispatch = pre_dispatch
+        if batch_size != "auto" and (isinstance(batch_size, bool) or not
+                                     isinstance(batch_size, int)
+                                     or batch_size < 1):
+            raise ValueError("batch_size must be 'auto' or a positive int "
+                             "(got %r)" % (batch_size,))
+        self.batch_size = batch_size
+        inner = backend_kwargs.pop("inner_max_num_threads", None)
+        if inner is not None:
+            _check_positive_int("inner_max_num_threads", inner)
+        self._backend_kwargs = backend_kwargs
+        self._backend = self._choose_backend(backend, cfg, values)
+        if inner is not None:
+            if not self._backend.supports_inner_max_num_threads:
+                raise ValueError("inner_max_num_threads=%r: the %s backend "
+                                 "cannot limit native threads in its workers"
+                                 % (inner, type(self._backend).__name__))
+            self._backend.inner_max_num_threads = inner
+        if self.return_as != "list" and \
+                not self._backend.supports_return_generator:
+            raise ValueError("backend %r does not support return_as=%r (its "
+                             "supports_return_generator flag is False)"
+                             % (_backend_name(self._backend), self.return_as))
+        self._managed = None      # (backend, n_jobs) inside a with block
+        self._batcher = None
+        self._call = None
+        self._lock = threading.Lock()
+
+    def _choose_backend(self, backend, cfg, values):
+        level = 0
+        parent = cfg.get("backend")
+        if isinstance(parent, ParallelBackendBase):
+            level = parent.nesting_level or 0
+        explicit = backend is not None and backend is not _UNSET
+        if explicit:
+            chosen = _make_backend(backend, level)
+        elif cfg.get("backend") is not None:
+            chosen = _make_backend(cfg["backend"], level)
+        elif values["prefer"] == "threads" or values["require"] == "sharedmem":
+            chosen = ThreadingBackend(nesting_level=level)
+        else:
+            chosen = _make_backend(_DEFAULT_BACKEND[0], level)
+        if values["require"] == "sharedmem" and not chosen.supports_sharedmem:
+            if explicit:
+                raise ValueError("backend %r does not support shared memory "
+                                 "(require='sharedmem'); use 'threading'"
+                                 % _backend_name(chosen))
+            if self.verbose >= 10:
+                self._print("Using ThreadingBackend instead of %s, which "
+                            "does not share memory." % type(chosen).__name__)
+            chosen = ThreadingBackend(nesting_level=level)
+        return chosen
+
+    def __repr__(self):
+        return "%s(n_jobs=%s)" % (type(self).__name__, self.n_jobs)
+
+    def _print(self, message):
+        write = sys.stderr.write if self.verbose < 50 else sys.stdout.write
+        write("[%s]: %s\n" % (self, message))
+
+    def _configure(self):
+        """A configured copy of the backend and its effective n_jobs."""
+        import copy
+        backend = copy.copy(self._backend)
+        kwargs = dict(self._backend_kwargs)
+        if isinstance(backend, ProcessBackend):
+            kwargs.update(temp_folder=self.temp_folder,
+                          max_nbytes=self.max_nbytes, mmap_mode=self.mmap_mode)
+        for _ in range(4):
+            try:
+                n_jobs = backend.configure(n_jobs=self.n_jobs, parallel=self,
+                                           **kwargs)
+                break
+            except FallbackToBackend as fallback:
+                backend = fallback.backend
+                if backend.nesting_level is None:
+                    backend.nesting_level = self._backend.nesting_level
+                kwargs = {}
+        if n_jobs is None or n_jobs < 1:
+            raise RuntimeError("%s has no active worker" % type(backend).__name__)
+        if self.timeout is not None and not backend.supports_timeout:
+            warnings.warn("The backend %s does not support timeout; "
+                          "timeout=%s is ignored" % (type(backend).__name__,
+                                                     self.timeout),
+                          UserWarning, stacklevel=3)
+        return backend, n_jobs
+
+    def __enter__(self) -> "Parallel":
+        self._managed = self._configure()
+        return self
+
+    def __exit__(self, *exc_info):
+        call = self._call
+        if call is not None and call.active:
+            call.closed_reason = ("the Parallel context was closed while its "
+                                  "output generator was still in use")
+            call.backend.abort_everything(ensure_ready=False)
+            call.finish()
+        managed, self._managed = self._managed, None
+        self._batcher = None
+        if managed is not None:
+            managed[0].terminate()
+
+    def __call__(self, iterable: Iterable[DelayedCall[_R]]
+                 ) -> Union[list, Iterator[_R]]:
+        """Run the delayed calls of ``iterable``.
+
+        Returns
+        -------
+        list or generator
+            Per ``return_as``.  Empty input gives ``[]``.
+
+        Raises
+        ------
+        Exception
+            The first task exception, with its original type.
+        RuntimeError
+            When this instance is still running a previous call.
+        """
+        with self._lock:
+            if self._call is not None and self._call.active:
+                raise RuntimeError(
+                    "This Parallel instance is already running; wait for the "
+                    "previous call to finish, or close its output generator")
+            backend, n_jobs = self._managed or self._configure()
+            try:
+                call = _Call(self, backend, n_jobs, iterable)
+            except BaseException:
+                if self._managed is None:
+                    backend.terminate()
+                raise
+            self._call = call
+        if self.return_as == "list":
+            out: list = []
+            for chunk in call.chunks():
+                out.extend(chunk)
+            return out
+        return _flatten(call.chunks())
+
+
+def _flatten(chunks):
+    for chunk in chunks:
+        yield from chunk
+
+
+def _backend_name(backend):
+    for name, factory in BACKENDS.items():
+        if type(backend) is factory:
+            return name
+    return type(backend).__name__
+
+
+# ======================================================================
+# PERSISTENCE: dump / load with memory-mappable arrays
+# ======================================================================
+_DUMP_MAGIC = b"PARALLEL-DUMP-1\n"
+_DUMP_ALIGN = 64
+
+
+class _DumpPickler(pickle.Pickler):
+    """Pickles numpy arrays as references to raw blocks after the pickle."""
+
+    def __init__(self, file, arrays):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.arrays = arrays
+        self.offset = 0
+
+    def persistent_id(self, obj):
+        np = sys.modules.get("numpy")
+        if np is None or type(obj) not in (np.ndarray, np.memmap) or \
+                obj.dtype.hasobject:
+            return None
+        order = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous \
+            else "C"
+        self.offset = -(-self.offset // _DUMP_ALIGN) * _DUMP_ALIGN
+        entry = ("ndarray", obj.dtype.str if obj.dtype.names is None else
+                 obj.dtype.descr, obj.shape, order, self.offset)
+        self.arrays.append((obj, order, self.offset))
+        self.offset += obj.nbytes
+        return entry
+
+
+def dump(value: Any, filename: Union[str, os.PathLike]) -> list:
+    """Save ``value`` so that :func:`load` can memory-map its arrays, as
+    joblib's ``dump``.
+
+    Numpy arrays anywhere inside ``value`` (without object fields) are
+    written as raw, 64-byte aligned blocks after a pickle of the rest; byte
+    order is kept.
+
+    Parameters
+    ----------
+    value : object
+        Picklable object, typically an array or a container of arrays.
+    filename : str or os.PathLike
+        Target file (overwritten).
+
+    Returns
+    -------
+    list of str
+        ``[filename]``.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written (a partial file is removed).
+    pickle.PicklingError
+        When ``value`` cannot be pickled.
+    """
+    filename = os.fspath(filename)
+    arrays: list = []
+    head = io.BytesIO()
+    _DumpPickler(head, arrays).dump(value)
+    body = head.getvalue()
+    try:
+        with open(filename, "wb") as f:
+            f.write(_DUMP_MAGIC + len(body).to_bytes(8, "little") + body)
+            start = -(-f.tell() // _DUMP_ALIGN) * _DUMP_ALIGN
+            for array, order, offset in arrays:
+                f.seek(start + offset)
+                flat = array.ravel(order=order)
+                f.write(memoryview(_numpy().ascontiguousarray(flat).view(
+                    _numpy().uint8)))
+    except BaseException:
+        try:
+            os.unlink(filename)
+        except OSError:
+            pass
+        raise
+    return [filename]
+
+
+def load(filename: Union[str, os.PathLike], mmap_mode: Optional[str] = None
+         ) -> Any:
+    """Read what :func:`dump` wrote, as joblib's ``load``.
+
+    Parameters
+    ----------
+    filename : str or os.PathLike
+        A file written by :func:`dump`.
+    mmap_mode : {None, 'r', 'r+', 'w+', 'c'}, default None
+        None reads arrays into memory; a mode returns :class:`numpy.memmap`
+        views of the file ('w+' is opened as 'r+' so data is kept).
+
+    Returns
+    -------
+    object
+        The saved value.
+
+    Raises
+    ------
+    ValueError
+        Not a file written by :func:`dump`, or a bad ``mmap_mode``.
+    """
+    _check_choice("mmap_mode", mmap_mode, (None, "r", "r+", "w+", "c"))
+    filename = os.fspath(filename)
+    np = _numpy()
+    with open(filename, "rb") as f:
+        if f.read(len(_DUMP_MAGIC)) != _DUMP_MAGIC:
+            raise ValueError("%s was not written by parallel.dump" % filename)
+        size = int.from_bytes(f.read(8), "little")
+        body = f.read(size)
+        start = -(-f.tell() // _DUMP_ALIGN) * _DUMP_ALIGN
+        mode = "r+" if mmap_mode == "w+" else mmap_mode
+
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid):
+                _, dtype, shape, order, offset = pid
+                if isinstance(dtype, list):
+                    dtype = [tuple(x) for x in dtype]
+                dtype = np.dtype(dtype)
+                count = int(np.prod(shape, dtype=np.int64))
+                if mode is not None and count:
+                    return np.memmap(filename, dtype=dtype, mode=mode,
+                                     offset=start + offset, shape=shape,
+                                     order=order)
+                f.seek(start + offset)
+                data = np.fromfile(f, dtype=dtype, count=count)
+                return data.reshape(shape, order=order)
+
+        return Unpickler(io.BytesIO(body)).load()
