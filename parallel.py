@@ -3357,7 +3357,7 @@ class Parallel:
                              % (_backend_name(self._backend), self.return_as))
         self._managed = None      # (backend, n_jobs) inside a with block
         self._batcher = None
-        self._call = None
+        self._call: Optional[_Call] = None
         self._lock = threading.Lock()
 
     def _choose_backend(self, backend, cfg, values):
@@ -3613,3 +3613,140 @@ def load(filename: Union[str, os.PathLike], mmap_mode: Optional[str] = None
                 return data.reshape(shape, order=order)
 
         return Unpickler(io.BytesIO(body)).load()
+
+
+# ======================================================================
+# COMMAND LINE: python -m parallel {demo,info}
+# ======================================================================
+_DEMO_LENGTH_BINS = 16   # line lengths 0-9, 10-19, ..., 150 and more
+_DEMO_FILES, _DEMO_BYTES, _DEMO_TOKENS, _DEMO_LINES, _DEMO_FAILED = range(5)
+
+
+def _demo_count_file(path, token_hist, length_hist, totals):
+    """Tokenize one file and add its counts into the shared histograms with
+    scatter atomic adds.  Returns None, or the failure text."""
+    import tokenize
+    np = _numpy()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        types_ = [t.type for t in tokenize.tokenize(io.BytesIO(data).readline)]
+    except (OSError, SyntaxError, UnicodeDecodeError, tokenize.TokenError,
+            ValueError) as e:
+        atomic_add(totals, _DEMO_FAILED, 1)
+        return "%s: %s: %s" % (path, type(e).__name__, e)
+    lines = data.splitlines()
+    lengths = np.fromiter((len(line) for line in lines), dtype=np.int64,
+                          count=len(lines)) // 10
+    atomic_add(token_hist, np.asarray(types_, dtype=np.int64), 1)
+    atomic_add(length_hist, np.minimum(lengths, _DEMO_LENGTH_BINS - 1), 1)
+    atomic_add(totals, np.array([_DEMO_FILES, _DEMO_BYTES, _DEMO_TOKENS,
+                                 _DEMO_LINES]),
+               np.array([1, len(data), len(types_), len(lines)]))
+    return None
+
+
+def _demo_files(root, limit):
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in ("site-packages",
+                                                      "dist-packages",
+                                                      "__pycache__"))
+        files.extend(os.path.join(folder, n) for n in sorted(names)
+                     if n.endswith(".py"))
+    return files[:limit] if limit else files
+
+
+def _demo(args):
+    import sysconfig
+    import token
+    np = _numpy()
+    root = args.path or sysconfig.get_paths()["stdlib"]
+    files = _demo_files(root, args.limit)
+    if not files:
+        print("no .py files under %s" % root)
+        return 2
+    print("parallel %s demo: tokenizing %d .py files under %s%s" % (
+        __version__, len(files), root,
+        " (first %d; --limit 0 for all)" % args.limit if args.limit else ""))
+    n_bins = token.N_TOKENS + 1
+
+    def run(n_jobs, backend, hists, progress):
+        t0 = time.perf_counter()
+        failures = Parallel(n_jobs=n_jobs, backend=backend, progress=progress)(
+            [delayed(_demo_count_file)(path, *hists) for path in files])
+        return time.perf_counter() - t0, [f for f in failures if f]
+
+    shared = (shared_zeros(n_bins, np.int64),
+              shared_zeros(_DEMO_LENGTH_BINS, np.int64),
+              shared_zeros(5, np.int64))
+    wall, failures = run(args.n_jobs, args.backend, shared,
+                         not args.no_progress)
+    local = (np.zeros(n_bins, np.int64), np.zeros(_DEMO_LENGTH_BINS, np.int64),
+             np.zeros(5, np.int64))
+    seq_wall, _ = run(1, "sequential", local, False)
+    totals = shared[2]
+    print("files: %d   bytes: %d   lines: %d   tokens: %d   failed: %d" % (
+        totals[_DEMO_FILES], totals[_DEMO_BYTES], totals[_DEMO_LINES],
+        totals[_DEMO_TOKENS], totals[_DEMO_FAILED]))
+    top = np.argsort(shared[0])[::-1][:6]
+    print("top token types: " + ", ".join(
+        "%s %d" % (token.tok_name.get(int(i), i), shared[0][i]) for i in top))
+    print("lines by length (per 10 chars): " + " ".join(
+        str(int(x)) for x in shared[1]))
+    for failure in failures[:5]:
+        print("  could not tokenize %s" % failure)
+    n_jobs = effective_n_jobs(args.n_jobs)
+    print("parallel run (n_jobs=%d, backend=%s): %.2f s; sequential run: "
+          "%.2f s; speed-up: %.2fx" % (n_jobs, args.backend or "loky", wall,
+                                       seq_wall, seq_wall / wall))
+    same = all(np.array_equal(a, b) for a, b in zip(shared, local))
+    print("parallel and sequential histograms are %s" % (
+        "identical" if same else "DIFFERENT"))
+    return 0 if same else 1
+
+
+def _info(args):
+    print("parallel %s (%s)" % (__version__, __file__))
+    print("python %s (%s)" % (sys.version.split()[0], sys.executable))
+    print("cpu_count(): %d (os.cpu_count(): %s)" % (cpu_count(),
+                                                    os.cpu_count()))
+    print("start method: %s" % _default_start_method())
+    print("temp folder: %s" % _temp_root())
+    print("C helper: %s" % ("built" if shm_helper_available(build=False)
+                            else "not built (atomics unavailable; run "
+                                 "`python build_shm.py`)"))
+    print("multiprocessing available: %s" % _multiprocessing_available())
+    print("backends: %s" % ", ".join(sorted(BACKENDS)))
+    for name, module in (("dask", "distributed"), ("ray", "ray"),
+                         ("spark", "pyspark"), ("tqdm", "tqdm")):
+        found = importlib.util.find_spec(module) is not None
+        print("  %s: %s" % (name, "installed" if found else "not installed"))
+    return 0
+
+
+def _cli(argv=None):
+    """``python -m parallel {demo,info}``."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m parallel")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="tokenize a tree of .py files in "
+                          "parallel and check against a sequential run")
+    demo.add_argument("path", nargs="?", help="folder (default: the standard "
+                      "library of this interpreter)")
+    demo.add_argument("--n-jobs", type=int, default=-1)
+    demo.add_argument("--backend", default=None)
+    demo.add_argument("--limit", type=int, default=0,
+                      help="at most this many files (default 0: all)")
+    demo.add_argument("--no-progress", action="store_true")
+    sub.add_parser("info", help="version, backends, start method, temp "
+                   "folder, C helper, cpu_count()")
+    args = parser.parse_args(argv)
+    return _demo(args) if args.command == "demo" else _info(args)
+
+
+if __name__ == "__main__":
+    # Run the module under its importable name, so that tasks refer to
+    # functions workers can import (not to this __main__ copy).
+    _real = importlib.import_module(__spec__.name if __spec__ else "parallel")
+    sys.exit(_real._cli())
