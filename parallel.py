@@ -125,6 +125,8 @@ _DEFAULT_PRE_DISPATCH = "2 * n_jobs"
 _DEFAULT_IDLE_WORKER_TIMEOUT_S = 300.0
 # /dev/shm is used for segments only with at least this much room (joblib's).
 _MIN_DEV_SHM_FREE_BYTES = 2_000_000_000
+# Longest the caller blocks before it checks for Ctrl-C and deadlines.
+_RESULT_POLL_INTERVAL_S = 0.1
 # How often a worker checks that its parent is still alive.
 _PARENT_POLL_INTERVAL_S = 0.5
 # Results of workers larger than this travel through a segment, not a pipe.
@@ -180,13 +182,15 @@ def _quota_cpus(quota, period):
     return max(1, math.ceil(quota / period))
 
 
+@functools.lru_cache(maxsize=None)
 def _cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
     """The tightest CPU quota over the cgroup (v2 and v1) of this process.
 
     cgroup v2: ``cpu.max`` ("<quota> <period>" or "max <period>") in the
     process's own cgroup folder (from ``/proc/self/cgroup``) and every parent
     up to the root; v1: ``cpu.cfs_quota_us``/``cpu.cfs_period_us``.  Empty or
-    malformed files are ignored.  Returns None without a quota.
+    malformed files are ignored.  Returns None without a quota.  Read once
+    per process (cached).
     """
     limits = []
     own = ""
@@ -508,10 +512,14 @@ def delayed(function: Callable[_P, _R]) -> Callable[_P, DelayedCall[_R]]:
     """
     def delayed_function(*args: _P.args, **kwargs: _P.kwargs) -> DelayedCall[_R]:
         return function, args, kwargs
-    try:
-        delayed_function = functools.wraps(function)(delayed_function)
-    except (AttributeError, TypeError):
-        pass
+    # Cheaper than functools.wraps, which would cost more than the task
+    # itself in a loop of tiny tasks.
+    for name in ("__name__", "__qualname__", "__doc__"):
+        try:
+            setattr(delayed_function, name, getattr(function, name))
+        except (AttributeError, TypeError):
+            pass
+    delayed_function.__wrapped__ = function  # type: ignore[attr-defined]
     return delayed_function
 
 
@@ -1743,14 +1751,20 @@ def _worker_send(conn, kind, batch_id, payload):
     conn.send_bytes(kind + batch_id.to_bytes(8, "little") + payload)
 
 
-def _watch_parent(parent_pid):
-    """Exit when the parent process dies (runs in a daemon thread of each
-    worker).  With forkserver the parent is the fork server, which exits
-    when the caller dies."""
+def _watch_parent(parent_pid, caller_pid):
+    """Exit when the parent or the calling process dies (runs in a daemon
+    thread of each worker; with forkserver the parent is the fork server,
+    which may outlive the caller)."""
     while True:
         time.sleep(_PARENT_POLL_INTERVAL_S)
         if os.getppid() != parent_pid:
             os._exit(1)
+        try:
+            os.kill(caller_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass
 
 
 def _limit_native_threads(env):
@@ -1765,7 +1779,7 @@ def _limit_native_threads(env):
         env else None
 
 
-def _worker_main(conn, env, initializer, initargs):
+def _worker_main(conn, env, initializer, initargs, caller_pid):
     """Main loop of a worker process.  This runs in the worker process.
 
     Sets the thread-limit variables before any task imports numpy, ignores
@@ -1779,7 +1793,7 @@ def _worker_main(conn, env, initializer, initargs):
         import faulthandler
         faulthandler.enable()
     _WORKER_STATE["in_worker"] = True
-    threading.Thread(target=_watch_parent, args=(os.getppid(),),
+    threading.Thread(target=_watch_parent, args=(os.getppid(), caller_pid),
                      daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
@@ -1910,6 +1924,7 @@ class _Pool:
         self.queue = collections.deque()   # (client, batch, payload, callback)
         self.clients = set()
         self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)   # a full pipe wakes anyway
         self.closed = False
         self.ids = itertools.count(1)
         self.thread = threading.Thread(target=self._manage, daemon=True,
@@ -1920,7 +1935,7 @@ class _Pool:
     def _wake(self):
         try:
             os.write(self.wake_w, b"x")
-        except OSError:
+        except OSError:   # full (a wake-up is pending) or closed
             pass
 
     def register(self, client):
@@ -1942,7 +1957,8 @@ class _Pool:
     def _spawn(self):
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = _start_process(self.ctx, _worker_main, (
-            child_conn, self.env, self.initializer, self.initargs))
+            child_conn, self.env, self.initializer, self.initargs,
+            os.getpid()))
         child_conn.close()
         with self.lock:
             self.workers.append(_PoolWorker(process, parent_conn))
@@ -3050,7 +3066,8 @@ class _Call:
         """Take one finished batch off the queue (raising its error)."""
         timeout = self.parallel.timeout
         while True:
-            wait_s = None
+            # A bounded wait lets Ctrl-C through promptly.
+            wait_s = _RESULT_POLL_INTERVAL_S
             if timeout is not None:
                 wait_s = self._check_deadlines(timeout)
             try:
