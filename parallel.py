@@ -2734,7 +2734,7 @@ def _make_backend(spec, nesting_level=None):
     if isinstance(spec, ParallelBackendBase):
         backend = spec
     else:
-        name, params = (spec, {}) if isinstance(spec, str) else spec
+        name, params = (spec, {}) if not isinstance(spec, tuple) else spec
         if not isinstance(name, str):
             raise InvalidParameterError(
                 "backend must be a name such as 'loky' or 'threading', or a "
@@ -3037,6 +3037,8 @@ class _Call:
 
     # -- dispatch ------------------------------------------------------------
     def dispatch_more(self):
+        if self.closed_reason is not None:
+            raise RuntimeError(self.closed_reason)
         backend, q = self.backend, self.queue
         while not self.exhausted and self.outstanding < self.window:
             remaining = None if self.n_tasks is None else \
@@ -3194,13 +3196,16 @@ class _Call:
                                          self.n_done, _short_format_time(
                                              time.time() - self.start_time)))
         except Exception as e:
+            if not self.active:   # already stopped (the with block ended)
+                raise
             if isinstance(e, ParallelTimeoutError):
                 self.backend.abort_everything(ensure_ready=True)
             else:
                 self.backend.cancel_pending()
             raise
         except BaseException:   # Ctrl-C, generator closed or dropped
-            self.backend.abort_everything(ensure_ready=True)
+            if self.active:
+                self.backend.abort_everything(ensure_ready=True)
             raise
         finally:
             self.finish()

@@ -1,0 +1,618 @@
+"""Core loop: delayed, validation, configuration, return_as, errors, verbose,
+progress, timeout, nesting, concurrency (issue: core loop)."""
+
+import multiprocessing
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+
+import pytest
+
+import parallel
+from parallel import (Parallel, ParallelTimeoutError, cpu_count, delayed,
+                      effective_n_jobs, parallel_config,
+                      register_parallel_backend)
+
+from conftest import run_script
+
+BARRIER_TIMEOUT_S = 20
+ALL_BACKENDS = ["sequential", "threading", "loky", "multiprocessing"]
+POOL_BACKENDS = ["threading", "loky", "multiprocessing"]
+
+
+# --- module-level task functions (importable by workers) ------------------
+def square(x):
+    return x * x
+
+
+def add(a, b=0):
+    return a + b
+
+
+def pid_and_thread(_=None):
+    return os.getpid(), threading.get_ident()
+
+
+def sleep_then(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+class ConfigError(Exception):
+    pass
+
+
+def chained_task(i):
+    try:
+        {}["missing-key"]
+    except KeyError as e:
+        raise ConfigError(f"task {i} failed") from e
+    return i
+
+
+def fail_on(i, bad=3):
+    if i == bad:
+        raise ZeroDivisionError("task %d failed" % i)
+    return i
+
+
+def inner_parallel_info(_):
+    """Run inside a worker: what nested Parallel calls do."""
+    from parallel import Parallel, delayed
+    me = os.getpid(), threading.get_ident()
+    seq = Parallel()(delayed(pid_and_thread)() for _ in range(3))
+    barrier = threading.Barrier(2, timeout=BARRIER_TIMEOUT_S)
+
+    def meet(_):
+        barrier.wait()
+        return pid_and_thread()
+    two = Parallel(n_jobs=2)(delayed(meet)(i) for i in range(2))
+
+    def deeper(_):
+        here = threading.get_ident()
+        got = Parallel(n_jobs=2)(delayed(pid_and_thread)() for _ in range(3))
+        return here, got
+    deep = Parallel(n_jobs=2)(delayed(deeper)(i) for i in range(2))
+    return me, seq, two, deep
+
+
+# --- delayed ---------------------------------------------------------------
+def test_delayed_returns_triple_and_keeps_name():
+    call = delayed(add)(1, b=2)
+    assert call == (add, (1,), {"b": 2})
+    assert delayed(add).__name__ == "add"
+    assert delayed(square).__name__ == "square"
+    assert delayed(add).__wrapped__ is add
+
+
+# --- n_jobs ---------------------------------------------------------------
+def test_n_jobs_none_is_sequential_in_caller():
+    out = Parallel()(delayed(pid_and_thread)() for _ in range(4))
+    assert out == [(os.getpid(), threading.get_ident())] * 4
+
+
+def test_effective_n_jobs_negative():
+    n = cpu_count()
+    assert effective_n_jobs(-1) == n
+    assert effective_n_jobs(-2) == max(n - 1, 1)
+    assert effective_n_jobs(1) == 1
+    assert effective_n_jobs(None) == 1
+    assert effective_n_jobs(3) == 3
+
+
+def test_n_jobs_minus_one_runs():
+    assert Parallel(n_jobs=-1, backend="threading")(
+        delayed(square)(i) for i in range(5)) == [i * i for i in range(5)]
+
+
+# --- validation --------------------------------------------------------------
+BAD_PARALLEL_ARGS = [
+    ("n_jobs", 0), ("n_jobs", 1.5), ("n_jobs", "2"), ("n_jobs", True),
+    ("backend", "nope"), ("backend", 42),
+    ("return_as", "x"), ("prefer", "x"), ("require", "x"),
+    ("verbose", "x"),
+    ("timeout", -1), ("timeout", 0), ("timeout", "x"),
+    ("pre_dispatch", 0), ("pre_dispatch", -1), ("pre_dispatch", "abs(n_jobs)"),
+    ("pre_dispatch", '__import__("os")'), ("pre_dispatch", "1" * 40),
+    ("batch_size", 0), ("batch_size", -1), ("batch_size", 1.5),
+    ("batch_size", True),
+    ("temp_folder", 3), ("max_nbytes", "1Q"), ("max_nbytes", -5),
+    ("mmap_mode", "x"), ("progress", 3),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD_PARALLEL_ARGS,
+                         ids=["%s=%r" % nv for nv in BAD_PARALLEL_ARGS])
+def test_parallel_rejects_bad_parameter(name, value):
+    with pytest.raises(ValueError) as info:
+        Parallel(**{name: value})
+    message = str(info.value)
+    if name == "backend" and value == "nope":
+        assert "nope" in message
+    else:
+        assert name in message, message
+    if name == "n_jobs" and value != 0:
+        assert isinstance(info.value, TypeError)
+
+
+def test_parallel_rejects_prefer_processes_with_sharedmem():
+    with pytest.raises(ValueError, match="sharedmem"):
+        Parallel(prefer="processes", require="sharedmem")
+
+
+BAD_CONFIG_ARGS = [
+    ("n_jobs", 0), ("n_jobs", 1.5), ("n_jobs", "2"), ("n_jobs", True),
+    ("prefer", "x"), ("require", "x"), ("verbose", "x"),
+    ("temp_folder", 3), ("max_nbytes", "1Q"), ("max_nbytes", -5),
+    ("mmap_mode", "x"), ("progress", 3), ("inner_max_num_threads", 0),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD_CONFIG_ARGS,
+                         ids=["%s=%r" % nv for nv in BAD_CONFIG_ARGS])
+def test_parallel_config_rejects_bad_parameter(name, value):
+    kwargs = {name: value}
+    if name == "inner_max_num_threads":
+        kwargs["backend"] = "loky"
+    with pytest.raises(ValueError) as info:
+        parallel_config(**kwargs)
+    assert name in str(info.value)
+    if name == "n_jobs" and value != 0:
+        assert isinstance(info.value, TypeError)
+    # a failed construction leaves no configuration active
+    assert effective_n_jobs(None) == 1
+
+
+def test_parallel_config_rejects_prefer_processes_with_sharedmem():
+    with pytest.raises(ValueError, match="sharedmem"):
+        parallel_config(prefer="processes", require="sharedmem")
+
+
+@pytest.mark.parametrize("make", [lambda: Parallel(backend="nope"),
+                                  lambda: parallel_config("nope"),
+                                  lambda: parallel_config(backend="nope")],
+                         ids=["Parallel", "config_pos", "config_kw"])
+def test_unknown_backend(make):
+    before = dict(parallel.BACKENDS)
+    with pytest.raises(KeyError) as info:
+        make()
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert "nope" in message
+    for name in ("loky", "threading", "multiprocessing", "sequential"):
+        assert name in message
+    assert parallel.BACKENDS == before
+    assert effective_n_jobs(None) == 1
+
+
+def test_loky_with_require_sharedmem_raises():
+    with pytest.raises(ValueError, match="sharedmem"):
+        Parallel(backend="loky", require="sharedmem")
+
+
+# --- parallel_config -----------------------------------------------------------
+def test_parallel_config_nesting_and_precedence():
+    assert effective_n_jobs(None) == 1
+    with parallel_config(backend="threading", n_jobs=3):
+        assert effective_n_jobs(None) == 3
+        assert Parallel().n_jobs == 3
+        with parallel_config(n_jobs=2):
+            assert effective_n_jobs(None) == 2
+            p = Parallel()
+            assert p.n_jobs == 2
+            assert isinstance(p._backend, parallel.ThreadingBackend)
+            assert Parallel(n_jobs=4).n_jobs == 4     # explicit arg wins
+            with parallel_config(verbose=0):
+                assert effective_n_jobs(None) == 2    # inherited
+        assert effective_n_jobs(None) == 3
+    assert effective_n_jobs(None) == 1
+    assert Parallel().n_jobs is None
+
+
+def test_parallel_config_is_context_local():
+    seen = {}
+    with parallel_config(n_jobs=3):
+        assert effective_n_jobs(None) == 3
+
+        def probe():
+            seen["n"] = effective_n_jobs(None)
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join(BARRIER_TIMEOUT_S)
+    assert seen == {"n": 1}
+
+
+def meet_in_barrier(barrier):
+    barrier.wait()
+    return threading.get_ident()
+
+
+def test_prefer_threads_keeps_explicit_n_jobs():
+    barrier = threading.Barrier(2, timeout=BARRIER_TIMEOUT_S)
+    out = Parallel(n_jobs=2, prefer="threads")(
+        delayed(meet_in_barrier)(barrier) for _ in range(2))
+    assert len(set(out)) == 2
+    assert threading.get_ident() not in out
+
+
+def test_require_sharedmem_under_loky_config_gives_threads():
+    barrier = threading.Barrier(2, timeout=BARRIER_TIMEOUT_S)
+    with parallel_config("loky"):
+        out = Parallel(n_jobs=2, require="sharedmem")(
+            delayed(meet_in_barrier)(barrier) for _ in range(2))
+        pids = Parallel(n_jobs=2, require="sharedmem")(
+            delayed(os.getpid)() for _ in range(2))
+    assert len(set(out)) == 2
+    assert pids == [os.getpid()] * 2
+
+
+class CountingThreads(parallel.ThreadingBackend):
+    instances = []
+
+    def __init__(self, tag="none", **kwargs):
+        super().__init__(**kwargs)
+        self.tag = tag
+        CountingThreads.instances.append(self)
+
+
+def test_register_parallel_backend_params_and_default():
+    before_backends = dict(parallel.BACKENDS)
+    before_default = parallel._DEFAULT_BACKEND[0]
+    try:
+        register_parallel_backend("counting", CountingThreads)
+        with parallel_config("counting", n_jobs=2, tag="hello"):
+            p = Parallel()
+            assert isinstance(p._backend, CountingThreads)
+            assert p._backend.tag == "hello"
+            assert p(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+        register_parallel_backend("counting", CountingThreads,
+                                  make_default=True)
+        p = Parallel(n_jobs=2)
+        assert isinstance(p._backend, CountingThreads)
+        assert p(delayed(square)(i) for i in range(3)) == [0, 1, 4]
+    finally:
+        parallel.BACKENDS.clear()
+        parallel.BACKENDS.update(before_backends)
+        parallel._DEFAULT_BACKEND[0] = before_default
+    assert not isinstance(Parallel(n_jobs=2)._backend, CountingThreads)
+
+
+def test_register_parallel_backend_rejects_bad_input():
+    with pytest.raises(ValueError, match="name"):
+        register_parallel_backend("", CountingThreads)
+    with pytest.raises(ValueError, match="factory"):
+        register_parallel_backend("x", 3)
+    assert "x" not in parallel.BACKENDS
+
+
+# --- return_as -------------------------------------------------------------
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("return_as", ["list", "generator",
+                                       "generator_unordered"])
+def test_return_as(backend, return_as):
+    out = Parallel(n_jobs=2, backend=backend, return_as=return_as)(
+        delayed(square)(i) for i in range(10))
+    if return_as == "list":
+        assert out == [i * i for i in range(10)]
+        return
+    assert not isinstance(out, list)
+    out = list(out)
+    if return_as == "generator":
+        assert out == [i * i for i in range(10)]
+    else:
+        assert sorted(out) == [i * i for i in range(10)]
+
+
+@pytest.mark.parametrize("backend", POOL_BACKENDS)
+def test_generator_unordered_slow_first_task_comes_last(backend):
+    gen = Parallel(n_jobs=2, backend=backend, return_as="generator_unordered",
+                   batch_size=1)(
+        delayed(sleep_then)(i, 1.5 if i == 0 else 0.01) for i in range(6))
+    out = list(gen)
+    assert sorted(out) == list(range(6))
+    assert out[-1] == 0
+
+
+def test_generator_is_lazy():
+    pulled = []
+
+    def producer():
+        for i in range(100):
+            pulled.append(i)
+            yield delayed(square)(i)
+
+    gen = Parallel(n_jobs=2, backend="threading", return_as="generator",
+                   pre_dispatch=4, batch_size=1)(producer())
+    consumed = 0
+    for value in gen:
+        assert value == consumed * consumed
+        consumed += 1
+        assert len(pulled) <= consumed + 4 + 1, (consumed, len(pulled))
+        if consumed == 10:
+            break
+    gen.close()
+    assert len(pulled) <= 15
+
+
+def test_closing_generator_stops_threading_work():
+    started = []
+    lock = threading.Lock()
+
+    def task(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.05)
+        return i
+
+    gen = Parallel(n_jobs=2, backend="threading", return_as="generator",
+                   batch_size=1, pre_dispatch=4)(
+        delayed(task)(i) for i in range(200))
+    assert next(gen) == 0
+    assert next(gen) == 1
+    gen.close()
+    time.sleep(0.5)
+    count = len(started)
+    time.sleep(0.3)
+    assert len(started) == count
+    assert count <= 2 + 4 + 2, started
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_generator_after_with_block_b06(backend):
+    with Parallel(n_jobs=2, backend=backend, return_as="generator",
+                  batch_size=1) as p:
+        gen = p(delayed(sleep_then)(i * i, 0.1) for i in range(10))
+        assert next(gen) == 0
+    try:
+        rest = list(gen)
+    except RuntimeError as e:
+        assert "closed" in str(e) or "context" in str(e), str(e)
+    except (AttributeError, TypeError) as e:  # internal error leaked
+        pytest.fail("internal error leaked: %r" % e)
+    else:
+        assert rest == [i * i for i in range(1, 10)]
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_closing_generator_inside_and_outside_block(backend):
+    with Parallel(n_jobs=2, backend=backend, return_as="generator") as p:
+        gen = p(delayed(square)(i) for i in range(10))
+        assert next(gen) == 0
+        gen.close()
+        assert list(p(delayed(square)(i) for i in range(3))) == [0, 1, 4]
+    gen = Parallel(n_jobs=2, backend=backend, return_as="generator")(
+        delayed(square)(i) for i in range(10))
+    assert next(gen) == 0
+    gen.close()
+
+
+def test_reentrant_call_raises():
+    p = Parallel(n_jobs=2, backend="threading", return_as="generator")
+    gen = p(delayed(square)(i) for i in range(10))
+    assert next(gen) == 0
+    with pytest.raises(RuntimeError, match="already running"):
+        p(delayed(square)(i) for i in range(3))
+    gen.close()
+    assert list(p(delayed(square)(i) for i in range(3))) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_empty_input(backend):
+    assert Parallel(n_jobs=2, backend=backend)([]) == []
+    assert Parallel(n_jobs=2, backend=backend)(iter(())) == []
+
+
+# --- errors ----------------------------------------------------------------
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_first_exception_reraised_with_type(backend):
+    with pytest.raises(ZeroDivisionError, match="task 3 failed"):
+        Parallel(n_jobs=2, backend=backend)(
+            delayed(fail_on)(i) for i in range(8))
+    # still usable
+    assert Parallel(n_jobs=2, backend=backend)(
+        delayed(square)(i) for i in range(3)) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("n_jobs,backend", [(2, "threading"),
+                                            (1, "sequential")])
+def test_threads_keep_original_exception_object(n_jobs, backend):
+    raised = []
+
+    def task(i):
+        if i == 2:
+            err = ValueError("original")
+            raised.append(err)
+            raise err
+        return i
+
+    with pytest.raises(ValueError) as info:
+        Parallel(n_jobs=n_jobs, backend=backend)(
+            delayed(task)(i) for i in range(4))
+    assert raised and info.value is raised[0]
+    assert id(info.value) == id(raised[0])
+    frames = [f.f_code.co_name for f, _ in
+              traceback.walk_tb(info.value.__traceback__)]
+    assert "task" in frames
+
+
+@pytest.mark.parametrize("backend", ["sequential", "threading", "loky",
+                                     "multiprocessing"])
+def test_exception_chain_kept_b03(backend):
+    with pytest.raises(ConfigError) as info:
+        Parallel(n_jobs=2, backend=backend)(
+            delayed(chained_task)(i) for i in range(2))
+    e = info.value
+    assert isinstance(e.__cause__, KeyError), type(e.__cause__)
+    assert "missing-key" in str(e.__cause__)
+    report = "".join(traceback.format_exception(e))
+    assert "in chained_task" in report
+    assert re.search(r"task [01] failed", str(e))
+
+
+# --- verbose ----------------------------------------------------------------
+def test_verbose_10_prints_to_stderr(capsys):
+    Parallel(n_jobs=2, backend="threading", verbose=10, batch_size=1)(
+        delayed(sleep_then)(i, 0.01) for i in range(10))
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert any(line.startswith("[Parallel(n_jobs=2)]: Done") for line in lines)
+    assert re.search(r"^\[Parallel\(n_jobs=2\)\]: Done  10 out of  10 \| "
+                     r"elapsed: .* finished$", captured.err, re.M), \
+        captured.err
+    assert lines[-1].endswith("finished")
+
+
+def test_verbose_final_line_with_known_length(capsys):
+    Parallel(n_jobs=2, backend="threading", verbose=10)(
+        [delayed(square)(i) for i in range(10)])
+    err = capsys.readouterr().err
+    assert re.search(r"Done 10 out of 10 \| elapsed: .* finished$", err,
+                     re.M), err
+
+
+@pytest.mark.parametrize("verbose", [-1, 0])
+@pytest.mark.parametrize("n_jobs,backend", [(1, None), (2, "threading"),
+                                            (2, "loky")])
+def test_verbose_nonpositive_is_silent(capsys, verbose, n_jobs, backend):
+    Parallel(n_jobs=n_jobs, backend=backend, verbose=verbose)(
+        delayed(square)(i) for i in range(10))
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_verbose_50_goes_to_stdout(capsys):
+    Parallel(n_jobs=2, backend="threading", verbose=50)(
+        delayed(square)(i) for i in range(10))
+    captured = capsys.readouterr()
+    assert "[Parallel(n_jobs=2)]: Done" in captured.out
+    assert "finished" in captured.out
+    assert "[Parallel(" not in captured.err
+
+
+# --- progress ---------------------------------------------------------------
+@pytest.mark.parametrize("n_jobs,backend", [(1, None), (2, "threading"),
+                                            (2, "loky")])
+def test_progress_callable(n_jobs, backend):
+    calls = []
+    caller = threading.get_ident()
+
+    def progress(done, total):
+        assert threading.get_ident() == caller
+        calls.append((done, total))
+
+    out = Parallel(n_jobs=n_jobs, backend=backend, progress=progress)(
+        [delayed(square)(i) for i in range(12)])
+    assert out == [i * i for i in range(12)]
+    assert calls, "progress never called"
+    assert calls[-1] == (12, 12)
+    dones = [d for d, _ in calls]
+    assert dones == sorted(dones)
+
+
+def test_progress_true_prints_bar(capsys):
+    Parallel(n_jobs=2, backend="threading", progress=True)(
+        [delayed(square)(i) for i in range(10)])
+    err = capsys.readouterr().err
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        assert "10/10" in err
+    else:
+        assert "10/10" in err and "%" in err, err
+
+
+# --- timeout ----------------------------------------------------------------
+def test_threading_timeout():
+    started = []
+    finished = threading.Semaphore(0)
+    lock = threading.Lock()
+
+    def task(i):
+        with lock:
+            started.append(i)
+        try:
+            time.sleep(1.5 if i < 2 else 0.0)
+        finally:
+            finished.release()
+        return i
+
+    deadline = 0.5
+    t0 = time.monotonic()
+    with pytest.raises(ParallelTimeoutError) as info:
+        Parallel(n_jobs=2, backend="threading", timeout=deadline,
+                 batch_size=1)(delayed(task)(i) for i in range(8))
+    elapsed = time.monotonic() - t0
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, multiprocessing.TimeoutError)
+    assert elapsed < deadline + 2.0, elapsed
+    assert elapsed >= deadline * 0.9, elapsed
+    # the two running tasks finish in the background; nothing new starts
+    for _ in range(2):
+        assert finished.acquire(timeout=10)
+    time.sleep(0.3)
+    assert sorted(started) == [0, 1], started
+
+
+# --- nesting -------------------------------------------------------------------
+def test_nested_in_loky_worker():
+    [(me, seq, two, deep)] = Parallel(n_jobs=2, backend="loky")(
+        [delayed(inner_parallel_info)(0)])
+    worker_pid, worker_thread = me
+    assert worker_pid != os.getpid()
+    assert seq == [me] * 3                     # Parallel(): sequential
+    assert {pid for pid, _ in two} == {worker_pid}
+    assert len({t for _, t in two}) == 2       # Parallel(n_jobs=2): threads
+    for here, got in deep:                     # deeper levels: sequential
+        assert got == [(worker_pid, here)] * 3
+
+
+# --- concurrency ------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_concurrent_parallel_calls_from_threads(backend):
+    n_callers = 4
+    barrier = threading.Barrier(n_callers, timeout=BARRIER_TIMEOUT_S)
+    results, errors = {}, {}
+
+    def caller(k):
+        barrier.wait()
+        try:
+            if k == 1:
+                Parallel(n_jobs=2, backend=backend)(
+                    delayed(fail_on)(i) for i in range(6))
+            else:
+                results[k] = Parallel(n_jobs=2, backend=backend)(
+                    delayed(add)(i, k) for i in range(30))
+        except Exception as e:
+            errors[k] = e
+
+    threads = [threading.Thread(target=caller, args=(k,))
+               for k in range(n_callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive()
+    assert set(errors) == {1} and isinstance(errors[1], ZeroDivisionError)
+    for k in (0, 2, 3):
+        assert results[k] == [i + k for i in range(30)]
+
+
+# --- import is light ---------------------------------------------------------------
+def test_import_does_not_load_numpy_or_cloudpickle():
+    proc = run_script(
+        "import sys, parallel\n"
+        "print(sorted(m for m in ('numpy', 'cloudpickle') if m in sys.modules))",
+        timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# --- auto batching -----------------------------------------------------------------
+def test_auto_batching_many_tiny_tasks_on_threads():
+    out = Parallel(n_jobs=2, backend="threading", batch_size="auto")(
+        delayed(add)(i, 1) for i in range(10_000))
+    assert out == [i + 1 for i in range(10_000)]

@@ -1,0 +1,534 @@
+"""Process backends: crashes, exceptions that do not travel, start methods,
+timeouts, pickling, thread limits, Ctrl-C, parent death, pool reuse
+(issue: process backends)."""
+
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+import parallel
+from parallel import (Parallel, ParallelTimeoutError, TerminatedWorkerError,
+                      WorkerError, cpu_count, delayed, parallel_config,
+                      wrap_non_picklable_objects)
+
+from conftest import ROOT, parallel_paths, script_env
+
+START_METHODS = [m for m in ("fork", "spawn", "forkserver")
+                 if m in multiprocessing.get_all_start_methods()]
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+# (backend, start method): 'multiprocessing' always forks its own pool.
+BACKEND_METHODS = [("loky", m) for m in START_METHODS] + \
+    [("multiprocessing", None)]
+CRASH_S = 10.0
+
+
+def small_call(backend):
+    return Parallel(n_jobs=2, backend=backend)(
+        delayed(abs)(-i) for i in range(4))
+
+
+# --- tasks ---------------------------------------------------------------------
+def crash(i, how):
+    if i == 3:
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "exit":
+            os._exit(3)
+        elif how == "segv":
+            import ctypes
+            ctypes.string_at(0)
+    time.sleep(0.05)
+    return i
+
+
+class Payload:
+    def __init__(self):
+        self.code = 42
+
+
+class FinickyError(Exception):
+    def __init__(self, payload):
+        super().__init__(payload.code)
+
+
+def finicky(i):
+    if i == 3:
+        raise FinickyError(Payload())
+    return i
+
+
+def return_lock(i):
+    return threading.Lock()
+
+
+def explode_on_load():
+    raise RuntimeError("cannot rebuild this argument")
+
+
+class BadArg:
+    def __reduce__(self):
+        return explode_on_load, ()
+
+
+def identity(x):
+    return x
+
+
+def apply(fn, x):
+    return fn(x)
+
+
+def slow_marker(i, path, seconds):
+    time.sleep(seconds)
+    with open(path + str(i), "w"):
+        pass
+    return i
+
+
+def thread_env(_):
+    time.sleep(0.05)
+    return {k: os.environ.get(k) for k in THREAD_VARS}
+
+
+def getpid_slowly(_):
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def record_init(path):
+    with open(path, "a") as f:
+        f.write("%d\n" % os.getpid())
+
+
+def make_local_things():
+    offset = 10
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    to_point = lambda v: Point(v + offset)  # noqa: E731
+
+    def scale(v):
+        return 3 * v
+    return to_point, scale, Point
+
+
+# --- B01: crashed workers ---------------------------------------------------------
+@pytest.mark.parametrize("how,code", [("sigkill", "SIGKILL(-9)"),
+                                      ("exit", "EXIT(3)"),
+                                      ("segv", "SIGSEGV(-11)")])
+@pytest.mark.parametrize("backend,method", BACKEND_METHODS,
+                         ids=["%s-%s" % bm for bm in BACKEND_METHODS])
+def test_worker_crash_raises_terminated_worker_error(monkeypatch, backend,
+                                                     method, how, code):
+    if method is not None:
+        monkeypatch.setenv("PARALLEL_START_METHOD", method)
+    t0 = time.monotonic()
+    with pytest.raises(TerminatedWorkerError) as info:
+        Parallel(n_jobs=2, backend=backend, batch_size=1)(
+            delayed(crash)(i, how) for i in range(8))
+    assert time.monotonic() - t0 < CRASH_S
+    assert isinstance(info.value, BrokenProcessPool)
+    assert code in str(info.value), str(info.value)
+    assert small_call(backend) == [0, 1, 2, 3]
+
+
+# --- B02 and friends: things that do not cross the boundary ----------------------
+@pytest.mark.parametrize("backend,method", BACKEND_METHODS,
+                         ids=["%s-%s" % bm for bm in BACKEND_METHODS])
+def test_unpicklable_exception_b02(monkeypatch, backend, method):
+    if method is not None:
+        monkeypatch.setenv("PARALLEL_START_METHOD", method)
+    t0 = time.monotonic()
+    with pytest.raises((WorkerError, FinickyError)) as info:
+        Parallel(n_jobs=2, backend=backend)(
+            delayed(finicky)(i) for i in range(8))
+    assert time.monotonic() - t0 < CRASH_S
+    e = info.value
+    text = str(e) + getattr(e, "type_name", "") + getattr(e, "message", "")
+    assert "FinickyError" in text or isinstance(e, FinickyError)
+    assert "42" in text or "42" in str(e.args)
+    assert small_call(backend) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_unpicklable_result_names_task(backend):
+    with pytest.raises(WorkerError) as info:
+        Parallel(n_jobs=2, backend=backend)(
+            delayed(return_lock)(i) for i in range(2))
+    message = str(info.value)
+    assert "return_lock" in message
+    assert "lock" in message.replace("return_lock", "")
+    assert small_call(backend) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_argument_unpickling_fails_in_worker(backend):
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:
+        Parallel(n_jobs=2, backend=backend)(
+            delayed(identity)(BadArg()) for _ in range(2))
+    assert time.monotonic() - t0 < CRASH_S
+    text = str(info.value) + str(getattr(info.value, "__cause__", ""))
+    assert "unpickl" in text or "cannot rebuild this argument" in text, text
+    assert small_call(backend) == [0, 1, 2, 3]
+
+
+def test_unpicklable_task_fails_in_caller_naming_it():
+    lock = threading.Lock()
+    ran = []
+    with pytest.raises(pickle.PicklingError) as info:
+        Parallel(n_jobs=2, backend="loky")(
+            [delayed(apply)(lambda v: (lock, v), 1)])
+    assert "apply" in str(info.value)
+    assert not ran
+    assert small_call("loky") == [0, 1, 2, 3]
+
+
+# --- B05: no main guard, stdin scripts ---------------------------------------------------
+B05_SCRIPT = """\
+# deliberately no main guard
+import multiprocessing, os, sys
+from parallel import Parallel, delayed
+
+method, backend = sys.argv[1], sys.argv[2]
+multiprocessing.set_start_method(method, force=True)
+print("module body executed in pid", os.getpid(), flush=True)
+print("RESULT", backend, method,
+      Parallel(n_jobs=2, backend=backend)(delayed(abs)(-i) for i in range(4)),
+      flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+@pytest.mark.parametrize("method", [m for m in ("spawn", "forkserver")
+                                    if m in START_METHODS])
+def test_script_without_main_guard_b05(tmp_path, method, backend):
+    path = tmp_path / "job.py"
+    path.write_text(B05_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(path), method, backend], cwd=str(tmp_path),
+        env=script_env({"PARALLEL_START_METHOD": method}),
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("module body executed") == 1, proc.stdout
+    assert proc.stdout.count("RESULT %s %s [0, 1, 2, 3]"
+                             % (backend, method)) == 1, proc.stdout
+
+
+@pytest.mark.parametrize("method", [m for m in ("spawn", "forkserver")
+                                    if m in START_METHODS])
+def test_script_on_stdin(tmp_path, method):
+    path = tmp_path / "job.py"
+    path.write_text(B05_SCRIPT.replace("sys.argv[1], sys.argv[2]",
+                                       "%r, 'loky'" % method))
+    with open(path) as stdin:
+        proc = subprocess.run(
+            [sys.executable, "-"], stdin=stdin, cwd=str(tmp_path),
+            env=script_env({"PARALLEL_START_METHOD": method}),
+            capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("module body executed") == 1, proc.stdout
+    assert "RESULT loky %s [0, 1, 2, 3]" % method in proc.stdout
+
+
+# --- B09: timeout on processes -------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_process_timeout_kills_overdue_tasks(tmp_path, backend):
+    marker = str(tmp_path / "finished")
+    deadline = 1.0
+    t0 = time.monotonic()
+    with pytest.raises(ParallelTimeoutError) as info:
+        Parallel(n_jobs=2, backend=backend, timeout=deadline)(
+            delayed(slow_marker)(i, marker, 3.0) for i in range(2))
+    elapsed = time.monotonic() - t0
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, multiprocessing.TimeoutError)
+    assert elapsed < deadline + 2.0, elapsed
+    time.sleep(3.5 - elapsed)
+    assert not any(os.path.exists(marker + str(i)) for i in range(2))
+    assert small_call(backend) == [0, 1, 2, 3]
+
+
+# --- B17: lambdas, closures, local classes -----------------------------------------------------
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_lambdas_closures_local_classes_b17(backend):
+    to_point, scale, Point = make_local_things()
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(to_point)(i) for i in range(3))
+    assert all(isinstance(o, Point) for o in out)
+    assert [o.x for o in out] == [10, 11, 12]
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(apply)(scale, i) for i in range(3))
+    assert out == [0, 3, 6]
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(lambda v: v + 1)(i) for i in range(3))
+    assert out == [1, 2, 3]
+
+
+def test_loky_pickler_pickle_refuses_lambdas(monkeypatch):
+    monkeypatch.setenv("LOKY_PICKLER", "pickle")
+    with pytest.raises(pickle.PicklingError):
+        Parallel(n_jobs=2, backend="loky")(
+            delayed(lambda v: v + 1)(i) for i in range(2))
+    wrapped = wrap_non_picklable_objects(lambda v: v + 1)
+    assert Parallel(n_jobs=2, backend="loky")(
+        delayed(wrapped)(i) for i in range(3)) == [1, 2, 3]
+
+
+def test_multiprocessing_disabled_falls_back_to_threads(monkeypatch):
+    monkeypatch.setenv("PARALLEL_MULTIPROCESSING", "0")
+    with pytest.warns(UserWarning, match="thread"):
+        out = Parallel(n_jobs=2, backend="loky")(
+            delayed(os.getpid)() for _ in range(3))
+    assert out == [os.getpid()] * 3
+
+
+# --- B19: thread limits ----------------------------------------------------------------------------
+@pytest.fixture
+def clean_thread_env(monkeypatch):
+    for name in THREAD_VARS + ("BLIS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_thread_limits_in_workers(clean_thread_env, backend):
+    expected = str(max(cpu_count() // 2, 1))
+    for env in Parallel(n_jobs=2, backend=backend)(
+            delayed(thread_env)(i) for i in range(2)):
+        assert env == {k: expected for k in THREAD_VARS}
+    assert not any(k in os.environ for k in THREAD_VARS)
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_inner_max_num_threads(clean_thread_env, backend):
+    for env in Parallel(n_jobs=2, backend=backend, inner_max_num_threads=3)(
+            delayed(thread_env)(i) for i in range(2)):
+        assert env == {k: "3" for k in THREAD_VARS}
+    with parallel_config(backend=backend, inner_max_num_threads=4):
+        for env in Parallel(n_jobs=2)(
+                delayed(thread_env)(i) for i in range(2)):
+            assert env == {k: "4" for k in THREAD_VARS}
+    assert not any(k in os.environ for k in THREAD_VARS)
+
+
+def test_parent_thread_env_wins(clean_thread_env, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    expected = str(max(cpu_count() // 2, 1))
+    for env in Parallel(n_jobs=2, backend="loky")(
+            delayed(thread_env)(i) for i in range(2)):
+        assert env["OMP_NUM_THREADS"] == "7"
+        assert env["MKL_NUM_THREADS"] == expected
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+    assert "MKL_NUM_THREADS" not in os.environ
+
+
+def test_inner_max_num_threads_with_threading_rejected():
+    with pytest.raises(ValueError, match="inner_max_num_threads"):
+        Parallel(n_jobs=2, backend="threading", inner_max_num_threads=2)
+    with pytest.raises(ValueError, match="inner_max_num_threads"):
+        parallel_config("threading", inner_max_num_threads=2)
+
+
+# --- pool reuse and initializer ------------------------------------------------------------------------
+def test_pool_reused_across_calls():
+    first = Parallel(n_jobs=2, backend="loky", batch_size=1)(
+        delayed(getpid_slowly)(i) for i in range(4))
+    second = Parallel(n_jobs=2, backend="loky", batch_size=1)(
+        delayed(getpid_slowly)(i) for i in range(4))
+    assert len(set(first)) == 2 and os.getpid() not in first
+    assert set(first) == set(second)
+
+
+def test_with_block_keeps_workers():
+    with Parallel(n_jobs=2, backend="loky", batch_size=1) as p:
+        first = p(delayed(getpid_slowly)(i) for i in range(4))
+        second = p(delayed(getpid_slowly)(i) for i in range(4))
+    assert len(set(first)) == 2
+    assert set(first) == set(second)
+
+
+def test_initializer_runs_once_per_worker(tmp_path):
+    log = str(tmp_path / "init.log")
+    with Parallel(n_jobs=2, backend="loky", batch_size=1,
+                  initializer=record_init, initargs=(log,)) as p:
+        pids = p(delayed(getpid_slowly)(i) for i in range(4))
+        pids += p(delayed(getpid_slowly)(i) for i in range(4))
+    with open(log) as f:
+        inits = [int(line) for line in f]
+    assert sorted(inits) == sorted(set(inits))
+    assert set(pids) <= set(inits)
+
+
+# --- helpers for scripts that are signalled ----------------------------------------------------------------
+def start_script(code, tmp_path):
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(code))
+    proc = subprocess.Popen(
+        [sys.executable, str(path)], cwd=str(tmp_path), env=script_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    lines = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, lines
+
+
+def wait_for_line(lines, prefix, timeout, seen):
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail("no %r line within %ss; got %r" % (prefix, timeout,
+                                                            seen))
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            continue
+        if line is None:
+            pytest.fail("script ended before %r; got %r" % (prefix, seen))
+        seen.append(line)
+        if line.startswith(prefix):
+            return line
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def finish(proc, timeout=30):
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+# --- B23: Ctrl-C ---------------------------------------------------------------------------------------------
+B23_SCRIPT = """
+import os, sys, time
+import numpy as np
+from parallel import Parallel, delayed
+
+def crunch(x, i):
+    if i < 2:
+        print("STARTED", flush=True)
+    time.sleep(2)
+    return float(x[i])
+
+big = np.ones(1_000_000)            # 8 MB -> memmapped
+print("PID", os.getpid(), flush=True)
+try:
+    Parallel(n_jobs=2)(delayed(crunch)(big, i) for i in range(20))
+    print("NO INTERRUPT", flush=True)
+except KeyboardInterrupt:
+    print("INTERRUPTED_AT %r" % time.time(), flush=True)
+print("NEXT", Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)),
+      flush=True)
+"""
+
+
+def test_ctrl_c_b23(tmp_path):
+    before = parallel_paths()
+    proc, lines = start_script(B23_SCRIPT, tmp_path)
+    seen = []
+    try:
+        wait_for_line(lines, "STARTED", 60, seen)
+        time.sleep(0.2)
+        sent_at = time.time()
+        os.killpg(proc.pid, signal.SIGINT)
+        line = wait_for_line(lines, "INTERRUPTED_AT", 10, seen)
+        latency = float(line.split()[1]) - sent_at
+        assert latency < 1.5, latency
+        line = wait_for_line(lines, "NEXT", 60, seen)
+        assert line.strip() == "NEXT [0, 1, 2, 3]"
+        assert finish(proc) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr, stderr
+    assert "leak" not in stderr.lower(), stderr
+    deadline = time.monotonic() + 3
+    while parallel_paths() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not parallel_paths() - before
+
+
+# --- B11: the parent is SIGKILLed ------------------------------------------------------------------------------
+B11_SCRIPT = """
+import os, time
+import numpy as np
+from parallel import Parallel, delayed
+
+def pid_slowly(_):
+    time.sleep(0.3)
+    return os.getpid()
+
+def slow_sum(x):
+    print("RUNNING", os.getpid(), flush=True)
+    time.sleep(20)
+    return float(x.sum())
+
+pids = Parallel(n_jobs=2, batch_size=1)(delayed(pid_slowly)(i) for i in range(4))
+print("WORKERS", *sorted(set(pids)), flush=True)
+big = np.ones(2_000_000)          # 16 MB -> memmapped
+Parallel(n_jobs=2)(delayed(slow_sum)(big) for _ in range(2))
+"""
+
+
+def test_parent_sigkill_cleans_up_b11(tmp_path):
+    proc, lines = start_script(B11_SCRIPT, tmp_path)
+    seen = []
+    try:
+        workers = [int(p) for p in
+                   wait_for_line(lines, "WORKERS", 60, seen).split()[1:]]
+        running = {int(wait_for_line(lines, "RUNNING", 30, seen).split()[1]),
+                   int(wait_for_line(lines, "RUNNING", 30, seen).split()[1])}
+        prefix = "parallel_%d_" % proc.pid
+        mine = [p for p in parallel_paths()
+                if os.path.basename(p).startswith(prefix)]
+        assert mine, "the call folder should exist while the call runs"
+        all_pids = set(workers) | running
+        assert all(pid_alive(p) for p in all_pids)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = [p for p in all_pids if pid_alive(p)]
+            left = [p for p in parallel_paths()
+                    if os.path.basename(p).startswith(prefix)]
+            if not alive and not left:
+                break
+            time.sleep(0.1)
+        assert not alive, "orphan workers alive 10 s after kill -9: %s" % alive
+        assert not left, "segments left 10 s after kill -9: %s" % left
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
