@@ -1930,6 +1930,7 @@ class _Pool:
         self.thread = threading.Thread(target=self._manage, daemon=True,
                                        name="parallel-pool-manager")
         self.thread.start()
+        _ALL_POOLS.add(self)
 
     # -- caller side ---------------------------------------------------------
     def _wake(self):
@@ -2147,6 +2148,9 @@ class _Pool:
 
 _POOLS: dict = {}
 _POOLS_LOCK = threading.Lock()
+# Every pool, shared or private, so that exit stops all workers (they are
+# not daemonic, and multiprocessing would wait for them forever).
+_ALL_POOLS: "weakref.WeakSet[_Pool]" = weakref.WeakSet()
 
 
 def _default_start_method():
@@ -2189,10 +2193,11 @@ def _hashable(value):
 @atexit.register
 def _shutdown_pools():
     with _POOLS_LOCK:
-        pools = list(_POOLS.values())
+        pools = list(_ALL_POOLS)
         _POOLS.clear()
     for pool in pools:
-        pool.shutdown(timeout_s=0.5)
+        if not pool.closed:
+            pool.shutdown(timeout_s=0.5)
 
 
 # ======================================================================
