@@ -997,11 +997,10 @@ def _rebuild_memmap(filename, dtype, mode, offset, shape, strided, order,
                             offset=offset, shape=shape, order=order)
     else:
         strides, nbytes, first = strided
-        span = cls.__new__(cls, filename, dtype=np.uint8, mode=mode,
-                           offset=offset, shape=(nbytes,))
-        array = np.lib.stride_tricks.as_strided(
-            span[first:], shape=shape, strides=strides, subok=True)
-        array = array.view(np.dtype(dtype))
+        span = np.memmap(filename, dtype=np.uint8, mode=mode, offset=offset,
+                         shape=(nbytes,))
+        array = np.ndarray.__new__(cls, shape, dtype=np.dtype(dtype),
+                                   buffer=span, offset=first, strides=strides)
     _REBUILT[key] = array
     return array
 
@@ -1269,7 +1268,10 @@ def _atomic_target(a, name):
     ctype = {"float32": "float", "float64": "double"}.get(
         suffix, suffix + "_t")
     t = _Target()
-    t.ptr = ffi.cast(ctype + " *", ffi.from_buffer(a, require_writable=True))
+    # from_buffer wants C order; the transpose of an F-contiguous array is
+    # C-contiguous and starts at the same address.
+    t.ptr = ffi.cast(ctype + " *", ffi.from_buffer(
+        a if flags.c_contiguous else a.T, require_writable=True))
     t.code = _ATOMIC_DTYPES.index(suffix)
     t.size = a.size
     t.shape = a.shape
@@ -1368,6 +1370,13 @@ def _scalar_value(t, value, name):
 
 def _array_values(t, value, shape, name):
     np = _numpy()
+    if isinstance(value, (int, float)):   # Python scalars: as the scalar form
+        try:
+            v = np.asarray(_scalar_value(t, value, name), dtype=t.type)
+        except OverflowError:
+            raise OverflowError("%s: value %r does not fit in %s"
+                                % (name, value, t.type.__name__)) from None
+        return np.full(math.prod(shape), v, dtype=t.type)
     v = np.asarray(value)
     try:
         v = v.astype(t.type, casting="same_kind")
@@ -1858,7 +1867,7 @@ def _first_unpicklable(results):
     return None
 
 
-_MAIN_MASK_LOCK = threading.Lock()
+_START_LOCK = threading.Lock()
 
 
 def _start_process(ctx, target, args):
@@ -1870,10 +1879,12 @@ def _start_process(ctx, target, args):
     so the child has nothing to re-import; tasks bring what they need.
     """
     process = ctx.Process(target=target, args=args, name="parallel-worker")
-    if ctx.get_start_method() == "fork":
-        process.start()
-        return process
-    with _MAIN_MASK_LOCK:
+    # One start at a time: two concurrent forks would each inherit the
+    # other's sentinel pipe and hide its death.
+    with _START_LOCK:
+        if ctx.get_start_method() == "fork":
+            process.start()
+            return process
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = types.ModuleType("__main__")
         try:
@@ -1956,13 +1967,20 @@ class _Pool:
                 j for j in self.queue if j[0] is not client)
 
     def _spawn(self):
+        if self.closed:
+            return
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = _start_process(self.ctx, _worker_main, (
             child_conn, self.env, self.initializer, self.initargs,
             os.getpid()))
         child_conn.close()
         with self.lock:
-            self.workers.append(_PoolWorker(process, parent_conn))
+            if not self.closed:
+                self.workers.append(_PoolWorker(process, parent_conn))
+                return
+        process.kill()     # the pool was shut down while this one started
+        process.join(1.0)
+        parent_conn.close()
 
     def submit(self, client, batch, payload, callback):
         """Queue a pickled batch; ``callback(kind, data)`` reports its end."""
@@ -2042,6 +2060,33 @@ class _Pool:
 
     def _manage(self):
         """Manager loop.  This runs in the pool's manager thread."""
+        try:
+            self._manage_loop()
+        except BaseException as e:   # never leave callers waiting forever
+            self._break(e)
+            raise
+        finally:
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    def _break(self, error):
+        """Fail every running and queued batch and stop the workers after an
+        internal error of the manager thread."""
+        with self.lock:
+            self.closed = True
+            jobs = [w.job for w in self.workers if w.job is not None]
+            jobs += [(j[0], j[1], j[3], None) for j in self.queue]
+            self.queue.clear()
+            workers, self.workers = list(self.workers), []
+        failure = RuntimeError("the worker pool's manager thread failed "
+                               "(%s: %s); the next call starts a new pool"
+                               % (type(error).__name__, error))
+        for job in jobs:
+            job[2](_MSG_ERROR, pickle.dumps(_pack_exception(failure)))
+        for w in workers:
+            w.process.kill()
+
+    def _manage_loop(self):
         wait = multiprocessing.connection.wait
         while True:
             with self.lock:
@@ -2070,8 +2115,6 @@ class _Pool:
                     self._receive(w)
                 else:
                     self._reap(w)
-        os.close(self.wake_r)
-        os.close(self.wake_w)
 
     def _fail_queued(self, error):
         with self.lock:
@@ -2123,7 +2166,7 @@ class _Pool:
     def _reap(self, w):
         """A worker's sentinel fired: remove it; report a crash if it held a
         batch it was not killed for."""
-        w.process.join(0.1)
+        w.process.join(1.0)
         with self.lock:
             if w in self.workers:
                 self.workers.remove(w)

@@ -87,19 +87,3 @@ def run_script(code, env=None, timeout=60, **kwargs):
 def script():
     return run_script
 
-
-def pytest_sessionfinish(session, exitstatus):
-    """Known defect (see the closing note of stop 6): after the suite, the
-    interpreter can hang at exit waiting for a worker thread or process that
-    a test left running.  Report what is still alive, then exit with
-    pytest's status instead of hanging CI."""
-    import threading
-    alive = [t.name for t in threading.enumerate()
-             if t is not threading.main_thread() and not t.daemon]
-    if alive:
-        sys.stderr.write("non-daemon threads alive at exit: %s\n" % alive)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    import parallel
-    parallel._shutdown_pools()
-    os._exit(int(exitstatus))

@@ -532,3 +532,30 @@ def test_parent_sigkill_cleans_up_b11(tmp_path):
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+EXIT_SCRIPT = r"""
+import time
+from parallel import Parallel, delayed
+# pools left open on purpose: a managed block never exited, a generator
+# never consumed, and calls on several start methods
+p = Parallel(n_jobs=2, backend="multiprocessing").__enter__()
+p(delayed(abs)(-i) for i in range(4))
+gen = Parallel(n_jobs=2, return_as="generator")(delayed(time.sleep)(0.01)
+                                                for _ in range(50))
+next(gen)
+print(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_interpreter_exits_promptly_with_pools_open(method):
+    """No worker keeps the caller from exiting (multiprocessing's exit
+    handler joins child processes: every pool must be stopped first)."""
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], cwd=ROOT,
+                          env=script_env({"PARALLEL_START_METHOD": method}),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "[0, 1, 2, 3]" in done.stdout
+    assert time.monotonic() - t0 < 15

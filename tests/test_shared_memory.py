@@ -1,0 +1,492 @@
+"""Shared memory: auto-memmapping, memmaps by reference, temp folders,
+SharedArray, atomics, dump/load, vendoring (issue: shared memory)."""
+
+import gc
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import parallel
+from parallel import (AtomicView, Parallel, atomic_add, atomic_max,
+                      atomic_min, compare_and_swap, delayed, dump, load,
+                      shared_array, shared_empty, shared_zeros)
+
+from conftest import ROOT, parallel_paths, run_script, script_env
+
+DTYPES = ["int32", "int64", "uint32", "uint64", "float32", "float64"]
+N_UPDATES = 200_000
+
+
+# --- tasks ----------------------------------------------------------------------
+def describe(x):
+    return (type(x).__name__, isinstance(x, np.memmap),
+            getattr(x, "mode", None), bool(x.flags.writeable),
+            np.asarray(x).copy())
+
+
+def write_inplace(x):
+    x[...] = 7
+    return float(np.asarray(x).sum())
+
+
+def write_at(x, i, value):
+    x[i] = value
+    return i
+
+
+def bump(a, index, n):
+    for _ in range(n):
+        atomic_add(a, index, 1)
+    return n
+
+
+def is_memmap_and_folder(x):
+    return isinstance(x, np.memmap), os.path.dirname(x.filename)
+
+
+# --- auto-memmapping -------------------------------------------------------------
+@pytest.mark.parametrize("max_nbytes,nbytes,memmapped", [
+    (1000, 1000, False), (1000, 1008, True), ("1M", 1 << 20, False),
+    ("1M", (1 << 20) + 8, True), (None, 4 << 20, False),
+])
+def test_auto_memmap_threshold(max_nbytes, nbytes, memmapped):
+    a = np.arange(nbytes // 8, dtype=np.float64)
+    [(name, is_mm, mode, writeable, values)] = Parallel(
+        n_jobs=2, backend="loky", max_nbytes=max_nbytes)([delayed(describe)(a)])
+    assert is_mm is memmapped, (max_nbytes, nbytes, name)
+    np.testing.assert_array_equal(values, a)
+    if memmapped:
+        assert mode == "r" and not writeable
+
+
+def test_read_only_error_mentions_knobs_b13():
+    a = np.zeros(300_000)
+    with pytest.raises(ValueError) as info:
+        Parallel(n_jobs=2, backend="loky")(delayed(write_inplace)(a)
+                                           for _ in range(2))
+    text = str(info.value) + " ".join(getattr(info.value, "__notes__", []))
+    assert "read-only" in text
+    assert "max_nbytes" in text and "mmap_mode" in text, text
+    assert not a.any()
+
+
+@pytest.mark.parametrize("mmap_mode", ["r+", "w+", "c", None])
+def test_writable_mmap_modes(mmap_mode):
+    a = np.zeros(300_000)
+    out = Parallel(n_jobs=2, backend="loky", mmap_mode=mmap_mode)(
+        delayed(write_inplace)(a) for _ in range(2))
+    assert out == [7.0 * a.size] * 2
+
+
+def test_object_arrays_never_memmapped():
+    a = np.array([object()] * 200_000 + [1], dtype=object)
+    a[:] = 1
+    [(name, is_mm, *_)] = Parallel(n_jobs=2, backend="loky", max_nbytes=10)(
+        [delayed(describe)(a)])
+    assert not is_mm and name == "ndarray"
+
+
+# --- memmaps travel by reference -------------------------------------------------------
+@pytest.fixture
+def mm(tmp_path):
+    path = tmp_path / "data.mmap"
+    m = np.memmap(path, dtype=np.float64, mode="w+", shape=(40, 30))
+    m[:] = np.arange(m.size, dtype=np.float64).reshape(m.shape)
+    m.flush()
+    yield m
+    del m
+
+
+@pytest.mark.parametrize("view", [
+    "whole", "slice", "ndarray_view", "step", "transpose", "negative",
+    "column"])
+def test_memmap_views_travel_by_reference(mm, view):
+    v = {"whole": lambda m: m, "slice": lambda m: m[5:9],
+         "ndarray_view": lambda m: np.asarray(m)[3:],
+         "step": lambda m: m[::2], "transpose": lambda m: m.T,
+         "negative": lambda m: m[::-1, ::-1], "column": lambda m: m[:, 3]}[
+        view](mm)
+    # max_nbytes=None: only references can make them memmaps in workers
+    [(name, is_mm, mode, writeable, values)] = Parallel(
+        n_jobs=2, backend="loky", max_nbytes=None)([delayed(describe)(v)])
+    assert is_mm, name
+    np.testing.assert_array_equal(values, np.asarray(v))
+
+
+def test_worker_writes_to_r_plus_memmap_reach_parent(tmp_path):
+    path = tmp_path / "out.mmap"
+    m = np.memmap(path, dtype=np.int64, mode="w+", shape=(20,))
+    Parallel(n_jobs=2, backend="loky")(
+        delayed(write_at)(m, i, i * 10) for i in range(20))
+    np.testing.assert_array_equal(np.asarray(m), np.arange(20) * 10)
+    strided = m[1::2]
+    Parallel(n_jobs=2, backend="loky")(
+        delayed(write_at)(strided, i, -1) for i in range(10))
+    assert (m[1::2] == -1).all() and (m[::2] == np.arange(0, 200, 20)).all()
+
+
+def test_temp_folder_argument_and_env(tmp_path, monkeypatch):
+    a = np.ones(300_000)
+    folder = tmp_path / "arg"
+    folder.mkdir()
+    [(is_mm, where)] = Parallel(n_jobs=2, backend="loky",
+                                temp_folder=str(folder))(
+        [delayed(is_memmap_and_folder)(a)])
+    assert is_mm and os.path.dirname(where) == str(folder)
+    assert os.path.basename(where).startswith("parallel_")
+    assert os.listdir(folder) == []
+    env_folder = tmp_path / "env"
+    env_folder.mkdir()
+    monkeypatch.setenv("PARALLEL_TEMP_FOLDER", str(env_folder))
+    [(is_mm, where)] = Parallel(n_jobs=2, backend="loky")(
+        [delayed(is_memmap_and_folder)(a)])
+    assert is_mm and os.path.dirname(where) == str(env_folder)
+    assert os.listdir(env_folder) == []
+
+
+B12_SCRIPT = """
+import glob, os, resource, signal, sys
+import numpy as np
+from parallel import Parallel, delayed
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, resource.RLIM_INFINITY))
+folder = sys.argv[1]
+big = np.ones(2_000_000)
+try:
+    Parallel(n_jobs=2, temp_folder=folder)(delayed(float)(big.sum())
+                                           for _ in range(1))
+    Parallel(n_jobs=2, temp_folder=folder)(delayed(np.mean)(big)
+                                           for _ in range(2))
+    print("NO ERROR")
+except Exception as e:
+    print("TYPE", type(e).__name__)
+    print("OSERROR", isinstance(e, OSError))
+    print("MESSAGE", str(e).replace(chr(10), " "))
+print("LEFT", sorted(os.listdir(folder)))
+"""
+
+
+def test_segment_write_failure_is_oserror_b12(tmp_path):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    path = tmp_path / "b12.py"
+    path.write_text(B12_SCRIPT)
+    proc = subprocess.run([sys.executable, str(path), str(folder)],
+                          cwd=ROOT, env=script_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "OSERROR True" in out, out
+    message = [line for line in out.splitlines()
+               if line.startswith("MESSAGE")][0]
+    assert str(folder) in message and "max_nbytes" in message, message
+    assert "LEFT []" in out, out
+
+
+# --- shared arrays ----------------------------------------------------------------
+@pytest.mark.parametrize("make", ["zeros", "empty", "array"])
+@pytest.mark.parametrize("dtype", ["int32", "float64", "complex128", "uint8"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_shared_array_shapes_dtypes(make, dtype, order):
+    shape = (4, 5)
+    if make == "zeros":
+        a = shared_zeros(shape, dtype, order=order)
+        assert not a.any()
+    elif make == "empty":
+        a = shared_empty(shape, dtype, order=order)
+    else:
+        src = np.asfortranarray(np.arange(20).reshape(shape).astype(dtype)) \
+            if order == "F" else np.arange(20).reshape(shape).astype(dtype)
+        a = shared_array(src)
+        np.testing.assert_array_equal(a, src)
+    assert a.shape == shape and a.dtype == np.dtype(dtype)
+    assert isinstance(a, parallel.SharedArray)
+    assert a.flags.writeable
+    assert (a.flags.f_contiguous if order == "F" else a.flags.c_contiguous)
+
+
+def test_shared_array_rejects_objects():
+    with pytest.raises(TypeError):
+        shared_zeros(3, dtype=object)
+
+
+def test_shared_array_worker_writes_visible_and_pickle_small():
+    a = shared_zeros(1_250_000)        # 10 MB
+    assert len(pickle.dumps(a)) < 10_000
+    Parallel(n_jobs=2, backend="loky")(
+        delayed(write_at)(a, i, i + 1.0) for i in range(0, 1_250_000, 250_000))
+    assert a[250_000] == 250_001.0 and a[0] == 1.0
+    assert a.sum() == sum(i + 1.0 for i in range(0, 1_250_000, 250_000))
+    b = shared_zeros((6, 4), "int64", order="F")
+    Parallel(n_jobs=2, backend="loky")(
+        delayed(write_at)(b, (i, 1), i) for i in range(6))
+    np.testing.assert_array_equal(b[:, 1], np.arange(6))
+
+
+def test_segment_removed_when_last_reference_dies():
+    a = shared_zeros(1000)
+    path = a.filename
+    assert os.path.exists(path)
+    view = a[10:]
+    del a
+    gc.collect()
+    assert os.path.exists(path)
+    del view
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+CREATOR_SCRIPT = """
+import os, sys, time
+import parallel
+a = parallel.shared_zeros(1000)
+a[0] = 5
+print(a.filename, flush=True)
+time.sleep(60)
+"""
+
+
+def test_segment_removed_by_tracker_when_creator_killed():
+    proc = subprocess.Popen([sys.executable, "-c", CREATOR_SCRIPT], cwd=ROOT,
+                            env=script_env(), stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        path = proc.stdout.readline().strip()
+        assert path and os.path.exists(path)
+        proc.kill()
+        proc.wait(timeout=10)
+        import time
+        deadline = time.monotonic() + 10
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+ATTACHER_SCRIPT = """
+import pickle, sys
+import parallel
+a = pickle.loads(bytes.fromhex(sys.argv[1]))
+a[0] += 1
+print(type(a).__name__, int(a[0]))
+if sys.argv[2] == "kill":
+    import os, signal
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_attacher_never_removes_segment_b16(how):
+    a = shared_zeros(10, "int64")
+    a[0] = 41
+    proc = subprocess.run(
+        [sys.executable, "-c", ATTACHER_SCRIPT, pickle.dumps(a).hex(), how],
+        cwd=ROOT, env=script_env(), capture_output=True, text=True,
+        timeout=60)
+    assert "SharedArray 42" in proc.stdout, proc.stderr
+    import time
+    time.sleep(0.5)   # give a (wrong) tracker the time to act
+    assert os.path.exists(a.filename)
+    assert a[0] == 42
+
+
+# --- atomics -------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atomic_scalar_ops(dtype):
+    a = np.array([5, 10, 20], dtype=dtype)
+    assert atomic_add(a, 0, 3) == 5 and a[0] == 8
+    assert atomic_add(a, -1, 2) == 20 and a[2] == 22
+    assert atomic_max(a, 1, 15) == 10 and a[1] == 15
+    assert atomic_max(a, 1, 2) == 15 and a[1] == 15
+    assert atomic_min(a, 1, 3) == 15 and a[1] == 3
+    assert atomic_min(a, 1, 9) == 3 and a[1] == 3
+    assert compare_and_swap(a, 0, 8, 1) == 8 and a[0] == 1
+    assert compare_and_swap(a, 0, 8, 2) == 1 and a[0] == 1
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atomic_tuple_index(order, dtype):
+    a = np.zeros((3, 4), dtype=dtype, order=order)
+    assert atomic_add(a, (1, 2), 5) == 0
+    assert atomic_add(a, (-1, -1), 2) == 0
+    expected = np.zeros((3, 4), dtype=dtype)
+    expected[1, 2], expected[2, 3] = 5, 2
+    np.testing.assert_array_equal(a, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atomic_scatter_matches_add_at(dtype):
+    rng = np.random.default_rng(0)
+    idx = rng.integers(-10, 10, size=500)
+    values = rng.integers(0, 5, size=500).astype(dtype)
+    a = np.zeros(10, dtype=dtype)
+    expected = np.zeros(10, dtype=dtype)
+    np.add.at(expected, idx, values)
+    previous = atomic_add(a, idx, values)
+    np.testing.assert_array_equal(a, expected)
+    assert len(previous) == 500
+    b = np.zeros(10, dtype=dtype)
+    atomic_add(b, np.array([1, 1, 1, 3]), 2)          # broadcast scalar
+    assert b[1] == 6 and b[3] == 2
+    prev = atomic_add(b, np.array([1, 1]), 1)
+    assert sorted(int(p) for p in prev) == [6, 7]
+    c = np.zeros(4, dtype=dtype)
+    atomic_max(c, np.array([0, 0, 2]), np.array([3, 7, 1], dtype=dtype))
+    np.testing.assert_array_equal(c, np.array([7, 0, 1, 0], dtype=dtype))
+
+
+def test_atomic_add_threads_plain_array():
+    a = np.zeros(1, dtype=np.int64)
+    barrier = threading.Barrier(2, timeout=20)
+
+    def work():
+        barrier.wait()
+        bump(a, 0, N_UPDATES)
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert a[0] == 2 * N_UPDATES
+
+
+@pytest.mark.parametrize("dtype", ["int64", "float64", "int32"])
+def test_atomic_add_two_processes_b15(dtype):
+    a = shared_zeros(1, dtype)
+    Parallel(n_jobs=2, backend="loky", batch_size=1)(
+        delayed(bump)(a, 0, N_UPDATES) for _ in range(2))
+    assert a[0] == 2 * N_UPDATES
+
+
+def test_atomic_view():
+    a = np.zeros(4, dtype=np.int64)
+    v = AtomicView(a)
+    assert v.add(1, 5) == 0 and v.add(-1, 2) == 0
+    assert v.max(1, 9) == 5 and v.min(1, 3) == 9
+    assert v.compare_and_swap(1, 3, 4) == 3
+    np.testing.assert_array_equal(a, [0, 4, 0, 2])
+    with pytest.raises(IndexError):
+        v.add(4, 1)
+
+
+def unaligned_int64():
+    raw = np.zeros(9 * 8 + 1, dtype=np.uint8)
+    view = raw[1:].view(np.int64)
+    assert not view.flags.aligned
+    return view
+
+
+@pytest.mark.parametrize("make,exc", [
+    (lambda: np.zeros(4, dtype=np.float16), TypeError),
+    (lambda: np.zeros(4, dtype=object), TypeError),
+    (lambda: np.zeros(4, dtype=">i8"), TypeError),
+    (lambda: [0, 0, 0], TypeError),
+    (lambda: np.zeros(4, dtype=np.int64)[::2], ValueError),
+    (unaligned_int64, ValueError),
+    (lambda: np.zeros(4, dtype=np.int64).copy().setflags(write=False)
+     or None, None),
+])
+def test_atomic_bad_targets(make, exc):
+    if exc is None:
+        a = np.zeros(4, dtype=np.int64)
+        a.setflags(write=False)
+        exc = ValueError
+    else:
+        a = make()
+    with pytest.raises(exc):
+        atomic_add(a, 0, 1)
+    if not isinstance(a, list):
+        assert not np.asarray(a).any()
+
+
+def test_atomic_index_errors():
+    a = np.zeros(4, dtype=np.int64)
+    with pytest.raises(IndexError):
+        atomic_add(a, 4, 1)
+    with pytest.raises(IndexError):
+        atomic_add(a, -5, 1)
+    with pytest.raises(IndexError):
+        atomic_add(a, np.array([0, 9]), 1)
+    b = np.zeros((2, 3), dtype=np.int64)
+    with pytest.raises(IndexError):
+        atomic_add(b, (1,), 1)
+    with pytest.raises(IndexError):
+        atomic_add(b, (1, 2, 0), 1)
+    with pytest.raises(IndexError):
+        atomic_add(b, (2, 0), 1)
+    assert not a.any() and not b.any()
+
+
+# --- dump / load ------------------------------------------------------------------------------
+def test_dump_load_round_trip(tmp_path):
+    struct = np.zeros(3, dtype=[("x", "<i4"), ("y", "<f8")])
+    struct["x"], struct["y"] = [1, 2, 3], [0.5, 1.5, 2.5]
+    value = {"a": np.arange(10.0), "f": np.asfortranarray(np.ones((3, 4))),
+             "be": np.arange(5, dtype=">i8"), "s": struct, "meta": [1, "x"]}
+    path = tmp_path / "v.pkl"
+    dump(value, path)
+    for mode in (None, "r"):
+        out = load(path, mmap_mode=mode)
+        assert set(out) == set(value) and out["meta"] == [1, "x"]
+        for k in ("a", "f", "be", "s"):
+            np.testing.assert_array_equal(out[k], value[k])
+            assert out[k].dtype == value[k].dtype
+        assert out["f"].flags.f_contiguous
+        assert out["be"].dtype.byteorder == ">"
+    arr_path = tmp_path / "a.pkl"
+    dump(np.arange(6.0), arr_path)
+    m = load(arr_path, mmap_mode="r+")
+    assert isinstance(m, np.memmap)
+    m[2] = 42
+    m.flush()
+    del m
+    np.testing.assert_array_equal(load(arr_path)[2], 42.0)
+
+
+# --- vendoring ----------------------------------------------------------------------------------
+VENDOR_SCRIPT = """
+import sys
+assert not any(p.rstrip('/') == %(root)r for p in sys.path), sys.path
+from theirpkg._vendor import parallel
+assert parallel.__name__ == "theirpkg._vendor.parallel"
+assert parallel.__file__.startswith(%(tmp)r), parallel.__file__
+
+def bump(a, n):
+    for _ in range(n):
+        parallel.atomic_add(a, 0, 1)
+    return n
+
+if __name__ == "__main__":
+    a = parallel.shared_zeros(1, "int64")
+    parallel.Parallel(n_jobs=2, backend="loky", batch_size=1)(
+        parallel.delayed(bump)(a, 50_000) for _ in range(2))
+    print("TOTAL", int(a[0]))
+"""
+
+
+def test_vendored_copy(tmp_path):
+    vendor = tmp_path / "theirpkg" / "_vendor"
+    vendor.mkdir(parents=True)
+    (tmp_path / "theirpkg" / "__init__.py").write_text("")
+    (vendor / "__init__.py").write_text("")
+    for name in ("parallel.py", "_shm.c", "build_shm.py"):
+        shutil.copy(os.path.join(ROOT, name), vendor / name)
+    script = tmp_path / "use_vendored.py"
+    script.write_text(VENDOR_SCRIPT % {"root": ROOT, "tmp": str(tmp_path)})
+    env = script_env({"PARALLEL_SHM_CACHE": str(tmp_path / "cache")},
+                     pythonpath=str(tmp_path))
+    proc = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path),
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "TOTAL 100000" in proc.stdout, proc.stdout + proc.stderr
