@@ -59,37 +59,27 @@ copy, modify and redistribute with this notice kept.
 """
 from __future__ import annotations
 
-import ast
 import atexit
 import collections
 import contextvars
 import copyreg
 import functools
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
 import io
 import itertools
 import math
-import multiprocessing
-import multiprocessing.connection
 import operator
 import os
 import pickle
-import queue
-import secrets
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 import types
 import warnings
 import weakref
-from concurrent.futures.process import BrokenProcessPool
 from typing import (Any, Callable, Dict, Iterable, Iterator, Optional,
                     ParamSpec, Tuple, TypeVar, Union)
 
@@ -156,6 +146,7 @@ def _multiprocessing_available():
     if _env("PARALLEL_MULTIPROCESSING", "JOBLIB_MULTIPROCESSING", "1") == "0":
         return False
     try:
+        import multiprocessing
         multiprocessing.get_context("spawn")
         import _multiprocessing  # noqa: F401  (absent on Pyodide)
     except (ImportError, ValueError):
@@ -276,21 +267,58 @@ def cpu_count(only_physical_cores: bool = False) -> int:
 # ======================================================================
 # EXCEPTIONS
 # ======================================================================
-class TerminatedWorkerError(BrokenProcessPool):
-    """A worker process died while it ran a task (exit, signal, OOM kill).
+# TerminatedWorkerError and ParallelTimeoutError derive from classes of
+# concurrent.futures and multiprocessing, whose import would triple the
+# time of `import parallel`: they are made on first use and reached as
+# module attributes (``parallel.TerminatedWorkerError``) through the module
+# __getattr__, so imports, isinstance checks and pickling work as usual.
+_LAZY_EXCEPTIONS: dict = {}
 
-    A :class:`concurrent.futures.process.BrokenProcessPool` as loky's error
-    of the same name.  The message names the exit code or signal, e.g.
-    ``SIGKILL(-9)``.  The pool replaces the worker; the next call works.
-    """
+
+def _terminated_worker_error():
+    """The class TerminatedWorkerError (made on first use)."""
+    cls = _LAZY_EXCEPTIONS.get("TerminatedWorkerError")
+    if cls is None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        class TerminatedWorkerError(BrokenProcessPool):
+            """A worker process died while it ran a task (exit, signal, OOM
+            kill).
+
+            A :class:`concurrent.futures.process.BrokenProcessPool`, as
+            loky's error of the same name.  The message names the exit code
+            or signal, e.g. ``SIGKILL(-9)``, and its likely cause.  The pool
+            replaces the worker; the next call works.
+            """
+
+        cls = _LAZY_EXCEPTIONS.setdefault("TerminatedWorkerError",
+                                          _public_class(TerminatedWorkerError))
+    return cls
 
 
-class ParallelTimeoutError(TimeoutError, multiprocessing.TimeoutError):
-    """A task ran longer than ``Parallel(timeout=...)`` seconds.
+def _parallel_timeout_error():
+    """The class ParallelTimeoutError (made on first use)."""
+    cls = _LAZY_EXCEPTIONS.get("ParallelTimeoutError")
+    if cls is None:
+        import multiprocessing
 
-    Both a builtin :class:`TimeoutError` and a
-    :class:`multiprocessing.TimeoutError` (joblib raises the latter).
-    """
+        class ParallelTimeoutError(TimeoutError, multiprocessing.TimeoutError):
+            """A task ran longer than ``Parallel(timeout=...)`` seconds.
+
+            Both a builtin :class:`TimeoutError` and a
+            :class:`multiprocessing.TimeoutError` (joblib raises the latter).
+            """
+
+        cls = _LAZY_EXCEPTIONS.setdefault("ParallelTimeoutError",
+                                          _public_class(ParallelTimeoutError))
+    return cls
+
+
+def _public_class(cls):
+    """Give a class made inside a function its module-level name."""
+    cls.__module__ = __name__
+    cls.__qualname__ = cls.__name__
+    return cls
 
 
 class WorkerError(RuntimeError):
@@ -408,19 +436,18 @@ def _parse_nbytes(value, name="max_nbytes"):
                      "'10G', '500M', '50K', or None (got %r)" % (name, value))
 
 
-_ARITHMETIC_OPS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod, ast.Pow: operator.pow,
-}
-
-
 def _eval_pre_dispatch(expression, n_jobs):
     """Value of a pre_dispatch expression such as '2 * n_jobs'.
 
     Only numbers, ``n_jobs``, ``+ - * / // % **``, unary minus and
     parentheses are allowed; parsed with :mod:`ast`, never ``eval``.
     """
+    import ast
+    ops = {
+        ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv,
+        ast.Mod: operator.mod, ast.Pow: operator.pow,
+    }
     if len(expression) > _MAX_PRE_DISPATCH_EXPRESSION_LEN:
         raise ValueError("pre_dispatch expression is too long (%d > %d "
                          "characters): %r" % (len(expression),
@@ -438,11 +465,11 @@ def _eval_pre_dispatch(expression, n_jobs):
                                                                   ast.UAdd)):
             value = walk(node.operand)
             return -value if isinstance(node.op, ast.USub) else value
-        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC_OPS:
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
             left, right = walk(node.left), walk(node.right)
             if isinstance(node.op, ast.Pow) and abs(right) > 64:
                 raise ValueError("exponent too large")
-            value = _ARITHMETIC_OPS[type(node.op)](left, right)
+            value = ops[type(node.op)](left, right)
             if abs(value) > 1e9:
                 raise ValueError("value too large")
             return value
@@ -652,6 +679,7 @@ def _import_extension_from(folder):
 
 def _shm_cache_folder():
     here = os.path.dirname(os.path.abspath(__file__))
+    import hashlib
     digest = hashlib.sha256()
     for name in ("_shm.c", "build_shm.py"):
         with open(os.path.join(here, name), "rb") as f:
@@ -693,6 +721,7 @@ def build_shm_helper(target_dir: Optional[str] = None) -> str:
     target_dir = target_dir or _shm_cache_folder()
     os.makedirs(target_dir, mode=0o700, exist_ok=True)
     # In a child process: cffi changes the working directory while it builds.
+    import subprocess
     try:
         done = subprocess.run([sys.executable, script, target_dir],
                               capture_output=True, text=True, timeout=600)
@@ -770,6 +799,7 @@ def _temp_root(temp_folder=None):
                 return "/dev/shm"
         except OSError:
             pass
+    import tempfile
     return tempfile.gettempdir()
 
 
@@ -812,6 +842,7 @@ class _Tracker:
         line = op + os.fsencode(path).hex().encode() + b"\n"
         with cls._lock:
             if cls._proc is None or cls._proc.poll() is not None:
+                import subprocess
                 cls._proc = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", _TRACKER_SOURCE],
                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -873,7 +904,7 @@ def _create_segment(folder, kind, nbytes):
     EFBIG, not later with SIGBUS).  Raises OSError naming the folder.
     """
     path = os.path.join(folder, "%s%s_%s" % (_SEGMENT_PREFIX, kind,
-                                             secrets.token_hex(8)))
+                                             os.urandom(8).hex()))
     helper = _shm_helper(build=False)
     try:
         if helper is not None:
@@ -918,7 +949,7 @@ class _CallFolder:
         with self.lock:
             if self.path is None:
                 path = os.path.join(self.root, "%s%d_%s" % (
-                    _SEGMENT_PREFIX, os.getpid(), secrets.token_hex(8)))
+                    _SEGMENT_PREFIX, os.getpid(), os.urandom(8).hex()))
                 os.makedirs(self.root, exist_ok=True)
                 os.mkdir(path, 0o700)
                 _Tracker.register(path)
@@ -1047,11 +1078,17 @@ def _shared_array_class():
 
 
 def __getattr__(name):
-    """Lazy module attributes: SharedArray (needs numpy), HAS_SHM_HELPER."""
+    """Lazy module attributes: SharedArray (needs numpy), HAS_SHM_HELPER,
+    TerminatedWorkerError and ParallelTimeoutError (their bases are slow to
+    import)."""
     if name == "SharedArray":
         return _shared_array_class()
     if name == "HAS_SHM_HELPER":
         return shm_helper_available()
+    if name == "TerminatedWorkerError":
+        return _terminated_worker_error()
+    if name == "ParallelTimeoutError":
+        return _parallel_timeout_error()
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
@@ -1692,7 +1729,7 @@ def _pack_exception(exc, depth=0):
     packed = {
         "data": data, "fail": fail, "type": _qualname(type(exc)),
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(
+        "traceback": "".join(__import__("traceback").format_exception(
             type(exc), exc, exc.__traceback__, chain=False)),
         "cause": None, "context": None,
         "suppress": exc.__suppress_context__,
@@ -1851,7 +1888,7 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
             "to the caller: %s: %s" % (
                 index, getattr(func, "__qualname__", func), type(e).__name__,
                 e), _qualname(type(e)), str(e),
-            traceback.format_exc())
+            __import__("traceback").format_exc())
         _worker_send(conn, _MSG_ERROR, batch_id,
                      pickle.dumps(_pack_exception(err)))
         return
@@ -1926,6 +1963,7 @@ class _Pool:
 
     def __init__(self, start_method, env, initializer=None, initargs=(),
                  idle_timeout_s=_DEFAULT_IDLE_WORKER_TIMEOUT_S):
+        import multiprocessing
         self.ctx = multiprocessing.get_context(start_method)
         self.env = env
         self.initializer, self.initargs = initializer, initargs
@@ -1941,6 +1979,10 @@ class _Pool:
         self.thread = threading.Thread(target=self._manage, daemon=True,
                                        name="parallel-pool-manager")
         self.thread.start()
+        if not _ALL_POOLS:
+            import multiprocessing.util  # noqa: F401  (its handler first)
+            atexit.unregister(_shutdown_pools)
+            atexit.register(_shutdown_pools)
         _ALL_POOLS.add(self)
 
     # -- caller side ---------------------------------------------------------
@@ -2087,7 +2129,7 @@ class _Pool:
             w.process.kill()
 
     def _manage_loop(self):
-        wait = multiprocessing.connection.wait
+        from multiprocessing.connection import wait
         while True:
             with self.lock:
                 to_spawn = 0 if self.closed else self._assign()
@@ -2181,7 +2223,7 @@ class _Pool:
             return
         code = w.process.exitcode
         name, hint = _describe_exit(code)
-        error = TerminatedWorkerError(
+        error = _terminated_worker_error()(
             "A worker process managed by the executor was unexpectedly "
             "terminated (%s, pid %s) while running a task; likely cause: %s."
             "\n\nThe exit codes of the workers are {%s}"
@@ -2196,9 +2238,14 @@ _POOLS_LOCK = threading.Lock()
 _ALL_POOLS: "weakref.WeakSet[_Pool]" = weakref.WeakSet()
 
 
-def _default_start_method():
-    method = _env("PARALLEL_START_METHOD", "JOBLIB_START_METHOD")
+def _default_start_method(preferred=None):
+    """``preferred`` if available, else PARALLEL_START_METHOD /
+    JOBLIB_START_METHOD, else forkserver where available, else spawn."""
+    import multiprocessing
     available = multiprocessing.get_all_start_methods()
+    if preferred in available:
+        return preferred
+    method = _env("PARALLEL_START_METHOD", "JOBLIB_START_METHOD")
     if method is not None:
         if method not in available:
             raise ValueError("PARALLEL_START_METHOD=%r is not available here; "
@@ -2233,8 +2280,10 @@ def _hashable(value):
         return id(value)
 
 
-@atexit.register
 def _shutdown_pools():
+    """Stop every pool's workers.  Registered with atexit when the first
+    pool starts, after multiprocessing registered its own exit handler
+    (which joins child processes), so that this one runs first."""
     with _POOLS_LOCK:
         pools = list(_ALL_POOLS)
         _POOLS.clear()
@@ -2507,7 +2556,7 @@ class ProcessBackend(ParallelBackendBase):
             float(_env("PARALLEL_IDLE_WORKER_TIMEOUT",
                        default=_DEFAULT_IDLE_WORKER_TIMEOUT_S))
         env = self._worker_env(n_jobs)
-        method = self.start_method or _default_start_method()
+        method = _default_start_method(self.start_method)
         if self.private_pool:
             self._pool = _Pool(method, env, initializer, initargs, idle)
         else:
@@ -2594,8 +2643,7 @@ class MultiprocessingBackend(ProcessBackend):
     """
 
     private_pool = True
-    start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() \
-        else "spawn"
+    start_method = "fork"   # "spawn" where fork does not exist
 
 
 def _register_dask():
@@ -3039,6 +3087,7 @@ class _Call:
         self.n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
         self.iterator = iter(iterable)
         self.exhausted = False
+        import queue
         self.queue = queue.SimpleQueue()
         self.inflight = collections.deque()
         self.ready = collections.deque()
@@ -3114,6 +3163,7 @@ class _Call:
     # -- retrieval -----------------------------------------------------------
     def wait_one(self):
         """Take one finished batch off the queue (raising its error)."""
+        import queue
         timeout = self.parallel.timeout
         while True:
             # A bounded wait lets Ctrl-C through promptly.
@@ -3161,7 +3211,7 @@ class _Call:
                 continue
             left = started + timeout - now
             if left <= 0:
-                raise ParallelTimeoutError(
+                raise _parallel_timeout_error()(
                     "a task ran longer than timeout=%s seconds (batch of "
                     "tasks %d..%d)" % (timeout, batch.start,
                                        batch.start + len(batch) - 1))
@@ -3246,7 +3296,7 @@ class _Call:
         except Exception as e:
             if not self.active:   # already stopped (the with block ended)
                 raise
-            if isinstance(e, ParallelTimeoutError):
+            if isinstance(e, _parallel_timeout_error()):
                 self.backend.abort_everything(ensure_ready=True)
             else:
                 self.backend.cancel_pending()
