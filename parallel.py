@@ -514,6 +514,11 @@ def _qualname(cls):
 _ACTIVE_CONFIG: contextvars.ContextVar[Optional[dict]] = \
     contextvars.ContextVar("parallel_config", default=None)
 
+# id(function) -> (function, wrapper); the function is held so that its id
+# stays unique while the entry lives.
+_DELAYED_CACHE: dict = {}
+_DELAYED_CACHE_SIZE = 64
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 DelayedCall = Tuple[Callable[..., _R], Tuple[Any, ...], Dict[str, Any]]
@@ -537,16 +542,23 @@ def delayed(function: Callable[_P, _R]) -> Callable[_P, DelayedCall[_R]]:
         Takes ``f``'s arguments and returns ``(f, args, kwargs)``; type
         checkers see ``f``'s parameter and return types.
     """
+    # `delayed(f)(x) for x in data` calls delayed once per task: the wrapper
+    # of a recent function is reused (keyed by identity, never by ==).
+    entry = _DELAYED_CACHE.get(id(function))
+    if entry is not None and entry[0] is function:
+        return entry[1]
+
     def delayed_function(*args: _P.args, **kwargs: _P.kwargs) -> DelayedCall[_R]:
         return function, args, kwargs
-    # Cheaper than functools.wraps, which would cost more than the task
-    # itself in a loop of tiny tasks.
     for name in ("__name__", "__qualname__", "__doc__"):
         try:
             setattr(delayed_function, name, getattr(function, name))
         except (AttributeError, TypeError):
             pass
     delayed_function.__wrapped__ = function  # type: ignore[attr-defined]
+    if len(_DELAYED_CACHE) >= _DELAYED_CACHE_SIZE:
+        _DELAYED_CACHE.clear()
+    _DELAYED_CACHE[id(function)] = (function, delayed_function)
     return delayed_function
 
 
@@ -560,7 +572,8 @@ class _Batch:
 
     __slots__ = ("tasks", "config", "index", "start", "future", "done",
                  "results", "error", "duration_s", "task_started_s",
-                 "track_starts", "cancelled", "submitted_s", "__weakref__")
+                 "track_starts", "cancelled", "submitted_s", "result_folder",
+                 "__weakref__")
 
     def __init__(self, tasks, config, index=0, start=0):
         self.tasks = tasks
@@ -576,12 +589,21 @@ class _Batch:
         self.track_starts = False
         self.cancelled = False
         self.submitted_s = None
+        self.result_folder = None   # where workers may put large results
 
     def __len__(self):
         return len(self.tasks)
 
     def __reduce__(self):
-        return _Batch, (self.tasks, self.config)
+        # The usual batch calls one function without keywords: sending the
+        # function once and the argument tuples as a list pickles and loads
+        # several times faster than a list of (function, args, {}) triples.
+        tasks = self.tasks
+        func = tasks[0][0] if tasks else None
+        if tasks and all(t[0] is func and not t[2] for t in tasks):
+            return _rebuild_batch, (func, [t[1] for t in tasks], self.config,
+                                    self.result_folder)
+        return _rebuild_batch, (None, tasks, self.config, self.result_folder)
 
     def __call__(self, on_task_start=None):
         token = _ACTIVE_CONFIG.set(self.config)
@@ -602,6 +624,15 @@ class _Batch:
         finally:
             self.duration_s = time.perf_counter() - t0
             _ACTIVE_CONFIG.reset(token)
+
+
+def _rebuild_batch(func, items, config, result_folder):
+    """Unpickle a batch: ``items`` are (function, args, kwargs) triples, or
+    the argument tuples of one ``func`` called without keywords."""
+    batch = _Batch(items if func is None else
+                   [(func, args, {}) for args in items], config)
+    batch.result_folder = result_folder
+    return batch
 
 
 class _AutoBatcher:
@@ -1230,6 +1261,59 @@ class _ArrayReducer:
         return path
 
 
+class _ResultReducer:
+    """Decides how each numpy array in a worker's results travels back.
+
+    Arrays backed by the call's temporary inputs go back as plain arrays;
+    user memmaps and shared arrays by reference; other arrays of at least
+    ``_RESULT_SEGMENT_MIN_NBYTES`` bytes through a segment in the call's
+    folder (written once, mapped by the caller, no pipe traffic); the rest
+    pickled normally.  Runs in the worker.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def reduce(self, a):
+        root = _memmap_root(a)
+        if root is not None:
+            if _is_temporary_segment(a):
+                return _numpy().asarray(a).__reduce_ex__(
+                    pickle.HIGHEST_PROTOCOL)
+            return _rebuild_memmap, _memmap_reference(a)
+        if (self.folder is None or a.nbytes < _RESULT_SEGMENT_MIN_NBYTES
+                or a.dtype.hasobject or a.dtype.names is not None):
+            return None
+        try:
+            path = _create_segment(self.folder, "result", a.nbytes)
+        except OSError:
+            return None   # the call ended, or no room: use the pipe
+        np = _numpy()
+        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous \
+            else "C"
+        flat = a.ravel(order="K") if (a.flags.c_contiguous or
+                                      a.flags.f_contiguous) else \
+            np.ascontiguousarray(a).ravel()
+        try:
+            with open(path, "r+b") as f:
+                f.write(memoryview(flat.view(np.uint8)))
+        except OSError:
+            _remove_path(path)
+            return None
+        return _load_result_segment, (path, a.dtype.str, a.shape, order)
+
+
+def _load_result_segment(path, dtype, shape, order):
+    """Map a worker's result segment as a plain array and remove its file
+    (the mapping keeps the memory until the array dies).  Runs in the
+    caller."""
+    np = _numpy()
+    mapped = np.memmap(path, dtype=dtype, mode="r+", shape=shape, order=order)
+    os.unlink(path)
+    mapped.filename = None     # nothing to share by reference any more
+    return mapped.view(np.ndarray)
+
+
 def _is_temporary_segment(a):
     root = _memmap_root(a)
     return root is not None and os.path.basename(root.filename).startswith(
@@ -1595,22 +1679,61 @@ class AtomicView:
 _PICKLER_CLASSES: dict = {}
 
 
-def _pickler_class():
-    """The task pickler: cloudpickle's, or the ``Pickler`` of the module named
-    by PARALLEL_PICKLER / LOKY_PICKLER, extended with the array reducers."""
-    name = _env("PARALLEL_PICKLER", "LOKY_PICKLER", "cloudpickle")
-    cls = _PICKLER_CLASSES.get(name)
+class _NeedsCloudpickle(Exception):
+    """Raised by the fast pickler on an object that must go by value."""
+
+
+def _pickled_by_value(obj):
+    """True for a function or class that a worker could not import by name:
+    defined in __main__, inside a function, as a lambda, or in a module that
+    cloudpickle was told to pickle by value."""
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module_name or module_name == "__main__" or not qualname or \
+            "<" in qualname:
+        return True
+    module = sys.modules.get(module_name)
+    if module is None:
+        return True
+    cloudpickle = sys.modules.get("cloudpickle")
+    if cloudpickle is not None:
+        registered = getattr(getattr(cloudpickle, "cloudpickle", cloudpickle),
+                             "_PICKLE_BY_VALUE_MODULES", ())
+        if any(module_name == m or module_name.startswith(m + ".")
+               for m in registered):
+            return True
+    found = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is not obj
+
+
+def _pickler_class(by_value=False):
+    """The task pickler, extended with the array reducers.
+
+    By default the C pickler of the standard library, which refuses (with
+    _NeedsCloudpickle) functions and classes that must travel by value; then
+    ``_pickler_class(by_value=True)``, cloudpickle's, is used for that
+    object graph.  PARALLEL_PICKLER / LOKY_PICKLER name another module whose
+    ``Pickler`` is used for everything.
+    """
+    name = _env("PARALLEL_PICKLER", "LOKY_PICKLER")
+    key = name or ("cloudpickle" if by_value else "")
+    cls = _PICKLER_CLASSES.get(key)
     if cls is not None:
         return cls
-    if name == "cloudpickle":
+    fast = False
+    if key == "cloudpickle":
         import cloudpickle
         base = cloudpickle.CloudPickler
+    elif not key:
+        base, fast = pickle.Pickler, True
     else:
         try:
-            base = importlib.import_module(name).Pickler
+            base = importlib.import_module(key).Pickler
         except (ImportError, AttributeError) as e:
             raise ValueError("PARALLEL_PICKLER=%r: cannot import a Pickler "
-                             "class from module %r (%s)" % (name, name, e))
+                             "class from module %r (%s)" % (key, key, e))
 
     class _TaskPickler(base):
         array_reducer = None   # an _ArrayReducer in the caller; None in workers
@@ -1618,37 +1741,40 @@ def _pickler_class():
         def reducer_override(self, obj):
             np = sys.modules.get("numpy")
             if np is not None and isinstance(obj, np.ndarray):
-                reduced = _reduce_array(obj, self.array_reducer, self.proto)
+                reduced = _reduce_array(obj, self.array_reducer)
                 if reduced is not None:
                     return reduced
+            elif fast and isinstance(obj, (types.FunctionType, type)) and \
+                    _pickled_by_value(obj):
+                raise _NeedsCloudpickle(obj)
             parent = getattr(super(), "reducer_override", None)
             return parent(obj) if parent is not None else NotImplemented
 
-    _PICKLER_CLASSES[name] = _TaskPickler
+    _PICKLER_CLASSES[key] = _TaskPickler
     return _TaskPickler
 
 
-def _reduce_array(a, array_reducer, proto):
-    """Reduction of an array crossing to another process, or None."""
-    if array_reducer is not None:
-        return array_reducer.reduce(a)
-    # Worker -> caller: temporary inputs go back as plain arrays (their
-    # segment dies with the call); user memmaps and shared arrays by reference.
-    root = _memmap_root(a)
-    if root is None:
-        return None
-    if _is_temporary_segment(a):
-        return _numpy().asarray(a).__reduce_ex__(proto)
-    ref = _memmap_reference(a)
-    return (_rebuild_memmap, ref) if ref is not None else None
+def _reduce_array(a, array_reducer):
+    """Reduction of an array crossing to another process, or None: the
+    caller's _ArrayReducer for tasks, a worker's _ResultReducer for results
+    (without a folder when none is given)."""
+    return (array_reducer or _ResultReducer(None)).reduce(a)
 
 
 def _dumps(obj, array_reducer=None):
-    buffer = io.BytesIO()
-    pickler = _pickler_class()(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.array_reducer = array_reducer
-    pickler.dump(obj)
-    return buffer.getvalue()
+    """Pickle ``obj`` for another process (see :func:`_pickler_class`)."""
+    by_value = False
+    while True:
+        buffer = io.BytesIO()
+        pickler = _pickler_class(by_value)(buffer,
+                                           protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.array_reducer = array_reducer
+        try:
+            pickler.dump(obj)
+        except _NeedsCloudpickle:
+            by_value = True
+            continue
+        return buffer.getvalue()
 
 
 class _CloudpickledObjectWrapper:
@@ -1879,7 +2005,8 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
         _worker_send(conn, _MSG_ERROR, batch_id, pickle.dumps(packed))
         return
     try:
-        data = _dumps((batch.duration_s, results))
+        data = _dumps((batch.duration_s, results),
+                      _ResultReducer(batch.result_folder))
     except Exception as e:
         index = _first_unpicklable(results)
         func = batch.tasks[index][0] if index is not None else None
@@ -2590,6 +2717,7 @@ class ProcessBackend(ParallelBackendBase):
         self._reducer = None
 
     def submit(self, batch, callback):
+        batch.result_folder = self._folder.get()
         try:
             payload = _dumps(batch, self._reducer)
         except OSError:

@@ -559,3 +559,45 @@ def test_interpreter_exits_promptly_with_pools_open(method):
     assert done.returncode == 0, done.stderr
     assert "[0, 1, 2, 3]" in done.stdout
     assert time.monotonic() - t0 < 15
+
+
+MIXED_SCRIPT = r"""
+import sys
+from parallel import Parallel, delayed
+def scale(x, factor=1):
+    return x * factor
+tasks = [delayed(scale)(i) for i in range(5)] + \
+        [delayed(scale)(i, factor=10) for i in range(5)] + \
+        [delayed(abs)(-3), (divmod, (7, 2), {})]
+print(Parallel(n_jobs=2, batch_size=4)(tasks))
+print(Parallel(n_jobs=2)(delayed(len)(s) for s in ["ab", "abc"]))
+print("cloudpickle imported by the caller:", "cloudpickle" in sys.modules)
+"""
+
+
+def test_batches_with_mixed_functions_and_keywords():
+    """Batches mixing functions, keyword arguments and hand-made triples give
+    the same results; functions importable by name never need cloudpickle,
+    while __main__ functions travel by value."""
+    done = subprocess.run([sys.executable, "-c", MIXED_SCRIPT], cwd=ROOT,
+                          env=script_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == str([0, 1, 2, 3, 4, 0, 10, 20, 30, 40, 3, (3, 1)])
+    assert lines[1] == "[2, 3]"
+    # scale is defined in __main__, so cloudpickle was needed for it
+    assert lines[2].endswith("True")
+
+
+def test_importable_functions_do_not_need_cloudpickle():
+    code = ("import sys\nfrom parallel import Parallel, delayed\n"
+            "import operator\n"
+            "print(Parallel(n_jobs=2)(delayed(operator.add)(i, 1) "
+            "for i in range(3)))\n"
+            "print('cloudpickle' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                          env=script_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[1,", "2,", "3]", "False"]

@@ -490,3 +490,29 @@ def test_vendored_copy(tmp_path):
                           env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "TOTAL 100000" in proc.stdout, proc.stdout + proc.stderr
+
+
+def _big_result(i, order):
+    out = np.arange(300_000, dtype=np.float64).reshape(600, 500, order=order)
+    return out * i
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_large_results_travel_through_segments(order):
+    """Results above 1 MB come back as plain, writable ndarrays (mapped from
+    a segment, not sent through the pipe) with no file left behind."""
+    out = Parallel(n_jobs=2)(delayed(_big_result)(i, order) for i in range(4))
+    expected = np.arange(300_000, dtype=np.float64).reshape(600, 500,
+                                                           order=order)
+    for i, r in enumerate(out):
+        assert type(r) is np.ndarray
+        assert r.flags.writeable
+        np.testing.assert_array_equal(r, expected * i)
+    out[1][0, 0] = -1.0          # private to this result
+    assert out[2][0, 0] == 0.0
+    # a result can be passed to another call (copied, not by reference to
+    # the removed segment file)
+    sums = Parallel(n_jobs=2, max_nbytes=None)(delayed(np.sum)(r) for r in out)
+    assert sums[3] == pytest.approx(expected.sum() * 3)
+    sums = Parallel(n_jobs=2)(delayed(np.sum)(r) for r in out)
+    assert sums[3] == pytest.approx(expected.sum() * 3)
