@@ -1349,7 +1349,7 @@ _TARGETS: dict = {}   # id(array) -> (weakref, info) for validated targets
 
 class _Target:
     __slots__ = ("ptr", "code", "size", "shape", "order", "type", "fns",
-                 "lib", "ffi")
+                 "lib", "ffi", "flat", "fast_types")
 
 
 def _atomic_target(a, name):
@@ -1396,6 +1396,8 @@ def _atomic_target(a, name):
     t.code = _ATOMIC_DTYPES.index(suffix)
     t.size = a.size
     t.shape = a.shape
+    t.flat = a.ndim == 1
+    t.fast_types = (float, int) if t.code >= 4 else (int,)
     t.order = "C" if flags.c_contiguous else "F"
     t.type = dtype.type
     t.fns = (getattr(lib, "pshm_fetch_add_" + suffix),
@@ -1507,12 +1509,38 @@ def _array_values(t, value, shape, name):
     return np.ascontiguousarray(np.broadcast_to(v, shape)).reshape(-1)
 
 
+def _make_rmw(op, name):
+    """The public read-modify-write function ``name`` (atomic_add, ...).
+
+    Its first lines are the fast path (a validated 1-d target, an int index,
+    a Python scalar), kept in the function itself: a second Python call
+    would cost as much as the atomic operation.  The size check catches a
+    reallocation by ndarray.resize.
+    """
+    def rmw(a, index, value):
+        entry = _TARGETS.get(id(a))
+        if entry is not None and index.__class__ is int and entry[0]() is a:
+            t = entry[1]
+            n = t.size
+            if t.flat and value.__class__ in t.fast_types and \
+                    a.flags.writeable and a.size == n and -n <= index < n:
+                try:
+                    return t.fns[op](t.ptr + (index if index >= 0 else
+                                              index + n), value)
+                except OverflowError:
+                    raise OverflowError("%s: value %r does not fit in %s" % (
+                        name, value, t.type.__name__)) from None
+        return _rmw(op, a, index, value, name)
+    rmw.__name__ = rmw.__qualname__ = name
+    return rmw
+
+
 def _rmw(op, a, index, value, name):
     t = _atomic_target(a, name)
     i = _flat_scalar_index(t, index, name)
     if i is not None:
         try:
-            return t.type(t.fns[op](t.ptr + i, _scalar_value(t, value, name)))
+            return t.fns[op](t.ptr + i, _scalar_value(t, value, name))
         except OverflowError:
             raise OverflowError("%s: value %r does not fit in %s"
                                 % (name, value, t.type.__name__)) from None
@@ -1528,8 +1556,8 @@ def _rmw(op, a, index, value, name):
     return previous.reshape(shape)
 
 
-def atomic_add(a, index, value):
-    """Atomically add ``value`` at ``index`` of ``a``; return the previous
+atomic_add = _make_rmw(_OP_ADD, "atomic_add")
+atomic_add.__doc__ = """Atomically add ``value`` at ``index`` of ``a``; return the previous
     value(s).
 
     Sequentially consistent and lock-free; works across processes on shared
@@ -1551,8 +1579,9 @@ def atomic_add(a, index, value):
 
     Returns
     -------
-    numpy scalar or numpy.ndarray
-        The value(s) found before each update, shaped like the index.
+    int, float or numpy.ndarray
+        The value found before the update (a Python scalar for a scalar
+        index), or the values found, shaped like the index (array form).
 
     Raises
     ------
@@ -1565,21 +1594,18 @@ def atomic_add(a, index, value):
     RuntimeError
         The C helper is not built (the message says how to build it).
     """
-    return _rmw(_OP_ADD, a, index, value, "atomic_add")
 
 
-def atomic_max(a, index, value):
-    """Atomically store ``max(a[index], value)``; return the previous
+atomic_max = _make_rmw(_OP_MAX, "atomic_max")
+atomic_max.__doc__ = """Atomically store ``max(a[index], value)``; return the previous
     value(s).  Parameters, returns and errors as :func:`atomic_add`.  A NaN
     ``value`` is never stored."""
-    return _rmw(_OP_MAX, a, index, value, "atomic_max")
 
 
-def atomic_min(a, index, value):
-    """Atomically store ``min(a[index], value)``; return the previous
+atomic_min = _make_rmw(_OP_MIN, "atomic_min")
+atomic_min.__doc__ = """Atomically store ``min(a[index], value)``; return the previous
     value(s).  Parameters, returns and errors as :func:`atomic_add`.  A NaN
     ``value`` is never stored."""
-    return _rmw(_OP_MIN, a, index, value, "atomic_min")
 
 
 def compare_and_swap(a, index, expected, desired):
@@ -1592,15 +1618,16 @@ def compare_and_swap(a, index, expected, desired):
 
     Returns
     -------
-    numpy scalar or numpy.ndarray
-        The value(s) found, shaped like the index.
+    int, float or numpy.ndarray
+        The value found (a Python scalar for a scalar index), or the values
+        found, shaped like the index (array form).
     """
     name = "compare_and_swap"
     t = _atomic_target(a, name)
     i = _flat_scalar_index(t, index, name)
     if i is not None:
-        return t.type(t.fns[3](t.ptr + i, _scalar_value(t, expected, name),
-                               _scalar_value(t, desired, name)))
+        return t.fns[3](t.ptr + i, _scalar_value(t, expected, name),
+                        _scalar_value(t, desired, name))
     np = _numpy()
     flat, shape = _flat_array_index(t, index, name)
     exp = _array_values(t, expected, shape, name)
@@ -1640,37 +1667,46 @@ class AtomicView:
     (0, 5, 7)
     """
 
-    __slots__ = ("array", "_ptr", "_size", "_fns")
+    __slots__ = ("array", "_ptr", "_size", "_add", "_max", "_min", "_cas")
 
     def __init__(self, a):
         t = _atomic_target(a, "AtomicView")
         self.array = a
-        self._ptr, self._size, self._fns = t.ptr, t.size, t.fns
+        self._ptr, self._size = t.ptr, t.size
+        self._add, self._max, self._min, self._cas = t.fns
 
-    def _at(self, i):
+    def _index(self, i):
         n = self._size
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
+        j = operator.index(i)
+        j = j + n if j < 0 else j
+        if not 0 <= j < n:
             raise IndexError("index %d is out of bounds for size %d" % (i, n))
-        return self._ptr + i
+        return j
 
     def add(self, i: int, value):
         """Add ``value`` at flat index ``i``; return the previous value."""
-        return self._fns[0](self._at(i), value)
+        if i.__class__ is not int or not 0 <= i < self._size:
+            i = self._index(i)
+        return self._add(self._ptr + i, value)
 
     def max(self, i: int, value):
         """Store the maximum at flat index ``i``; return the previous value."""
-        return self._fns[1](self._at(i), value)
+        if i.__class__ is not int or not 0 <= i < self._size:
+            i = self._index(i)
+        return self._max(self._ptr + i, value)
 
     def min(self, i: int, value):
         """Store the minimum at flat index ``i``; return the previous value."""
-        return self._fns[2](self._at(i), value)
+        if i.__class__ is not int or not 0 <= i < self._size:
+            i = self._index(i)
+        return self._min(self._ptr + i, value)
 
     def compare_and_swap(self, i: int, expected, desired):
         """Swap at flat index ``i`` if it equals ``expected``; return the
         value found."""
-        return self._fns[3](self._at(i), expected, desired)
+        if i.__class__ is not int or not 0 <= i < self._size:
+            i = self._index(i)
+        return self._cas(self._ptr + i, expected, desired)
 
 
 # ======================================================================
