@@ -62,7 +62,6 @@ from __future__ import annotations
 import atexit
 import collections
 import contextvars
-import copyreg
 import functools
 import importlib
 import importlib.machinery
@@ -89,7 +88,7 @@ __all__ = [
     "Parallel", "delayed", "parallel_config", "parallel_backend",
     "register_parallel_backend", "effective_n_jobs", "cpu_count",
     "ParallelBackendBase", "SequentialBackend", "ThreadingBackend",
-    "ProcessBackend", "MultiprocessingBackend", "EXTERNAL_BACKENDS",
+    "LokyBackend", "ProcessBackend", "MultiprocessingBackend", "EXTERNAL_BACKENDS",
     "TerminatedWorkerError", "ParallelTimeoutError", "WorkerError",
     "wrap_non_picklable_objects",
     "SharedArray", "shared_zeros", "shared_empty", "shared_array",
@@ -571,8 +570,8 @@ class _Batch:
     """
 
     __slots__ = ("tasks", "config", "index", "start", "future", "done",
-                 "results", "error", "duration_s", "task_started_s",
-                 "track_starts", "cancelled", "submitted_s", "result_folder",
+                 "results", "duration_s", "task_started_s",
+                 "track_starts", "submitted_s", "result_folder",
                  "__weakref__")
 
     def __init__(self, tasks, config, index=0, start=0):
@@ -583,11 +582,9 @@ class _Batch:
         self.future = None
         self.done = False
         self.results = None
-        self.error = None
         self.duration_s = None
         self.task_started_s = None  # monotonic start of the running task
         self.track_starts = False
-        self.cancelled = False
         self.submitted_s = None
         self.result_folder = None   # where workers may put large results
 
@@ -602,8 +599,9 @@ class _Batch:
         func = tasks[0][0] if tasks else None
         if tasks and all(t[0] is func and not t[2] for t in tasks):
             return _rebuild_batch, (func, [t[1] for t in tasks], self.config,
-                                    self.result_folder)
-        return _rebuild_batch, (None, tasks, self.config, self.result_folder)
+                                    self.result_folder, self.start)
+        return _rebuild_batch, (None, tasks, self.config, self.result_folder,
+                                self.start)
 
     def __call__(self, on_task_start=None):
         token = _ACTIVE_CONFIG.set(self.config)
@@ -626,11 +624,11 @@ class _Batch:
             _ACTIVE_CONFIG.reset(token)
 
 
-def _rebuild_batch(func, items, config, result_folder):
+def _rebuild_batch(func, items, config, result_folder, start):
     """Unpickle a batch: ``items`` are (function, args, kwargs) triples, or
     the argument tuples of one ``func`` called without keywords."""
     batch = _Batch(items if func is None else
-                   [(func, args, {}) for args in items], config)
+                   [(func, args, {}) for args in items], config, start=start)
     batch.result_folder = result_folder
     return batch
 
@@ -904,25 +902,33 @@ if hasattr(os, "register_at_fork"):
 
 
 def _remove_path(path):
-    """Remove a segment file or folder; missing is fine."""
-    try:
-        if os.path.isdir(path):
-            import shutil
+    """Remove a segment file or folder; missing is fine.  A folder that a
+    worker was still writing into is swept again; whatever cannot be
+    removed stays registered, so the tracker removes it at exit."""
+    if os.path.isdir(path):
+        import shutil
+        for _ in range(3):
             shutil.rmtree(path, ignore_errors=True)
-        else:
+            if not os.path.exists(path):
+                break
+            time.sleep(0.01)
+    else:
+        try:
             os.unlink(path)
-    except FileNotFoundError:
-        pass
-    _Tracker.unregister(path)
+        except FileNotFoundError:
+            pass
+    if not os.path.exists(path):
+        _Tracker.unregister(path)
 
 
-def _space_error(e, folder, nbytes):
+def _space_error(e, folder, nbytes, kind="auto"):
     """An OSError for a segment that does not fit, naming the knobs."""
-    err = OSError(e.errno, "cannot write a %d-byte segment in %s (%s); pass "
-                  "temp_folder= or set PARALLEL_TEMP_FOLDER / JOBLIB_TEMP_FOLDER "
-                  "to a folder with room, or max_nbytes=None to disable "
-                  "automatic memmapping" % (nbytes, folder, e.strerror),
-                  folder)
+    knobs = ("pass temp_folder= or set PARALLEL_TEMP_FOLDER / "
+             "JOBLIB_TEMP_FOLDER to a folder with room")
+    if kind == "auto":
+        knobs += ", or max_nbytes=None to disable automatic memmapping"
+    err = OSError(e.errno, "cannot write a %d-byte segment in %s (%s); %s"
+                  % (nbytes, folder, e.strerror, knobs), folder)
     err.__cause__ = e
     return err
 
@@ -960,7 +966,7 @@ def _create_segment(folder, kind, nbytes):
                 raise
     except OSError as e:
         if e.errno in (28, 27, 122):  # ENOSPC, EFBIG, EDQUOT
-            raise _space_error(e, folder, nbytes) from e
+            raise _space_error(e, folder, nbytes, kind) from e
         raise
     os.close(fd)
     return path
@@ -1068,6 +1074,13 @@ def _rebuild_memmap(filename, dtype, mode, offset, shape, strided, order,
 
 
 _SHARED_ARRAY_CLASS: list = []
+# Segments of the SharedArrays this process allocated (and will remove).
+_OWNED_SEGMENTS: set = set()
+
+
+def _release_owned_segment(path):
+    _OWNED_SEGMENTS.discard(path)
+    _remove_path(path)
 
 
 def _shared_array_class():
@@ -1179,7 +1192,8 @@ def shared_empty(shape, dtype="float64", order="C", temp_folder=None):
     except BaseException:
         _remove_path(path)
         raise
-    weakref.finalize(array, _remove_path, path)
+    _OWNED_SEGMENTS.add(path)
+    weakref.finalize(array, _release_owned_segment, path)
     return array
 
 
@@ -1276,14 +1290,16 @@ class _ResultReducer:
 
     def reduce(self, a):
         root = _memmap_root(a)
-        if root is not None:
-            if _is_temporary_segment(a):
-                return _numpy().asarray(a).__reduce_ex__(
-                    pickle.HIGHEST_PROTOCOL)
+        if root is not None and not _is_temporary_segment(a) and \
+                root.filename not in _OWNED_SEGMENTS:
             return _rebuild_memmap, _memmap_reference(a)
+        # By value: a plain array, a view of the call's temporary input, or
+        # a SharedArray this worker allocated (its segment dies with it).
         if (self.folder is None or a.nbytes < _RESULT_SEGMENT_MIN_NBYTES
                 or a.dtype.hasobject or a.dtype.names is not None):
-            return None
+            if root is None:
+                return None
+            return _numpy().asarray(a).__reduce_ex__(pickle.HIGHEST_PROTOCOL)
         try:
             path = _create_segment(self.folder, "result", a.nbytes)
         except OSError:
@@ -1326,8 +1342,16 @@ def _read_only_hint(exc, args):
     if not (isinstance(exc, ValueError) and "read-only" in str(exc)):
         return exc
     np = sys.modules.get("numpy")
-    if np is None or not any(isinstance(x, np.memmap) and x.mode == "r"
-                             for x in args):
+
+    def read_only_maps(x, depth=0):
+        if isinstance(x, np.memmap):
+            return x.mode == "r"
+        if depth < 3 and isinstance(x, (list, tuple, dict)):
+            items = x.values() if isinstance(x, dict) else x
+            return any(read_only_maps(y, depth + 1) for y in items)
+        return False
+
+    if np is None or not read_only_maps(list(args)):
         return exc
     note = ("parallel: inputs larger than max_nbytes (default '1M') reach "
             "process workers as read-only memory maps (mmap_mode='r'). Pass "
@@ -1349,7 +1373,7 @@ _TARGETS: dict = {}   # id(array) -> (weakref, info) for validated targets
 
 class _Target:
     __slots__ = ("ptr", "code", "size", "shape", "order", "type", "fns",
-                 "lib", "ffi", "flat", "fast_types")
+                 "lib", "ffi", "flat", "fast_types", "dtype")
 
 
 def _atomic_target(a, name):
@@ -1361,7 +1385,7 @@ def _atomic_target(a, name):
     entry = _TARGETS.get(id(a))
     if entry is not None and entry[0]() is a:
         t = entry[1]
-        if a.flags.writeable and a.shape == t.shape:
+        if a.flags.writeable and a.shape == t.shape and a.dtype is t.dtype:
             return t
     np = _numpy()
     if not isinstance(a, np.ndarray):
@@ -1397,6 +1421,7 @@ def _atomic_target(a, name):
     t.size = a.size
     t.shape = a.shape
     t.flat = a.ndim == 1
+    t.dtype = a.dtype
     t.fast_types = (float, int) if t.code >= 4 else (int,)
     t.order = "C" if flags.c_contiguous else "F"
     t.type = dtype.type
@@ -1413,8 +1438,11 @@ def _atomic_target(a, name):
 def _flat_scalar_index(t, index, name):
     """Flat element offset of an int or tuple-of-ints index, or None when
     ``index`` is an array form.  Raises IndexError out of bounds."""
+    if isinstance(index, bool) or getattr(index, "dtype", None) is not None \
+            and index.dtype.kind == "b":
+        raise IndexError("%s: index %r is a bool; pass an int" % (name, index))
     if isinstance(index, int) or hasattr(index, "__index__") and \
-            not hasattr(index, "shape"):
+            getattr(index, "ndim", 0) == 0:
         if len(t.shape) != 1:
             raise IndexError("%s: index %r is a single int for a %d-d array; "
                              "pass a tuple of %d ints" % (
@@ -1483,12 +1511,16 @@ def _flat_array_index(t, index, name):
 
 def _scalar_value(t, value, name):
     if t.code >= 4:
-        return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TypeError("%s: value %r is not a number" % (name, value)) \
+                from None
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError("%s: value %r cannot be added to an integer array "
-                        "without losing information" % (name, value)) from None
+        raise TypeError("%s: value %r is not an integer, as the %s target "
+                        "needs" % (name, value, t.type.__name__)) from None
 
 
 def _array_values(t, value, shape, name):
@@ -1506,7 +1538,12 @@ def _array_values(t, value, shape, name):
     except TypeError:
         raise TypeError("%s: values of dtype %s cannot be cast to %s"
                         % (name, v.dtype, np.dtype(t.type))) from None
-    return np.ascontiguousarray(np.broadcast_to(v, shape)).reshape(-1)
+    try:
+        v = np.broadcast_to(v, shape)
+    except ValueError:
+        raise ValueError("%s: values of shape %s do not broadcast to the index "
+                         "shape %s" % (name, v.shape, shape)) from None
+    return np.ascontiguousarray(v).reshape(-1)
 
 
 def _make_rmw(op, name):
@@ -1523,7 +1560,8 @@ def _make_rmw(op, name):
             t = entry[1]
             n = t.size
             if t.flat and value.__class__ in t.fast_types and \
-                    a.flags.writeable and a.size == n and -n <= index < n:
+                    a.flags.writeable and a.size == n and \
+                    a.dtype is t.dtype and -n <= index < n:
                 try:
                     return t.fns[op](t.ptr + (index if index >= 0 else
                                               index + n), value)
@@ -1952,7 +1990,6 @@ def _full_traceback_text(packed):
 # defined there by value (cloudpickle).
 
 _MSG_RUN, _MSG_START, _MSG_RESULT, _MSG_ERROR = b"R", b"S", b"D", b"E"
-_WORKER_STATE = {"in_worker": False}
 
 
 def _worker_send(conn, kind, batch_id, payload):
@@ -2000,7 +2037,6 @@ def _worker_main(conn, env, initializer, initargs, caller_pid):
     if not os.environ.get("PYTHONFAULTHANDLER"):
         import faulthandler
         faulthandler.enable()
-    _WORKER_STATE["in_worker"] = True
     threading.Thread(target=_watch_parent, args=(os.getppid(), caller_pid),
                      daemon=True).start()
     if initializer is not None:
@@ -2049,7 +2085,8 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
         err = WorkerError(
             "the result of task %s (%s) could not be pickled to send it back "
             "to the caller: %s: %s" % (
-                index, getattr(func, "__qualname__", func), type(e).__name__,
+                None if index is None else batch.start + index,
+                getattr(func, "__qualname__", func), type(e).__name__,
                 e), _qualname(type(e)), str(e),
             __import__("traceback").format_exc())
         _worker_send(conn, _MSG_ERROR, batch_id,
@@ -2097,11 +2134,10 @@ def _start_process(ctx, target, args):
 class _Client:
     """One call's (or one ``with Parallel`` block's) use of a pool."""
 
-    def __init__(self, max_workers, callback_error):
+    def __init__(self, max_workers):
         self.max_workers = max_workers
         self.running = 0
         self.closed = False
-        self.on_crash = callback_error
 
 
 class _PoolWorker:
@@ -2668,7 +2704,7 @@ class ThreadingBackend(ParallelBackendBase):
         self.cancel_pending()
 
 
-class ProcessBackend(ParallelBackendBase):
+class LokyBackend(ParallelBackendBase):
     """Runs batches in a reusable pool of worker processes (the default).
 
     Registered as ``'loky'`` (joblib's name) and ``'processes'``.  Workers
@@ -2724,7 +2760,7 @@ class ProcessBackend(ParallelBackendBase):
             self._pool = _Pool(method, env, initializer, initargs, idle)
         else:
             self._pool = _get_pool(method, env, initializer, initargs, idle)
-        self._client = _Client(n_jobs, None)
+        self._client = _Client(n_jobs)
         self._pool.register(self._client)
         self._folder = None
         self._reducer = None
@@ -2792,7 +2828,8 @@ class ProcessBackend(ParallelBackendBase):
             self._pool = None
 
 
-LokyBackend = ProcessBackend
+# The class is named after joblib's, so verbose output reads the same.
+ProcessBackend = LokyBackend
 
 
 class MultiprocessingBackend(ProcessBackend):
@@ -2824,7 +2861,8 @@ class DaskBackend(ParallelBackendBase):
     ``distributed.Client`` (or ``client=`` given to parallel_config).
 
     n_jobs=-1 means every thread of the cluster.  A task that kills its
-    dask worker fails the call (``KilledWorker``) instead of hanging.
+    dask worker fails the call promptly with :class:`TerminatedWorkerError`
+    (chained from dask's ``KilledWorker``) instead of hanging.
     """
 
     supports_timeout = True
@@ -2856,14 +2894,25 @@ class DaskBackend(ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     def submit(self, batch, callback):
-        future = self.client.submit(batch, pure=False)
+        func = batch.tasks[0][0]
+        key = "parallel-batch-%s-%s" % (
+            getattr(func, "__name__", type(func).__name__), os.urandom(8).hex())
+        future = self.client.submit(batch, pure=False, key=key)
         self._futures.add(future)
         future.add_done_callback(callback)
         return future
 
     def retrieve_result_callback(self, out):
         self._futures.discard(out)
-        return out.result()
+        try:
+            return out.result()
+        except Exception as e:
+            if type(e).__name__ != "KilledWorker":
+                raise
+            raise _terminated_worker_error()(
+                "dask gave up on a task whose workers died while running it "
+                "(%s); likely cause: a crash or the memory limit of the dask "
+                "worker" % e) from e
 
     def cancel_pending(self):
         futures, self._futures = list(self._futures), set()
@@ -3311,6 +3360,13 @@ class _Call:
                 self.iterator = None
             if not tasks:
                 break
+            first = tasks[0]
+            if not (isinstance(first, tuple) and len(first) == 3
+                    and callable(first[0])):
+                raise TypeError(
+                    "Parallel expects delayed calls, e.g. Parallel()(delayed(f)"
+                    "(x) for x in data), i.e. (function, args, kwargs) "
+                    "triples; task %d is %r" % (self.n_pulled, first))
             batch = _Batch(tasks, self.nested_config, self.n_batches,
                            self.n_pulled)
             batch.track_starts = self.track_starts
@@ -3772,11 +3828,13 @@ def _backend_name(backend):
 # PERSISTENCE: dump / load with memory-mappable arrays
 # ======================================================================
 _DUMP_MAGIC = b"PARALLEL-DUMP-1\n"
+_DUMP_MAGIC_ZLIB = b"PARALLEL-DUMPZ1\n"
 _DUMP_ALIGN = 64
 
 
 class _DumpPickler(pickle.Pickler):
-    """Pickles numpy arrays as references to raw blocks after the pickle."""
+    """Pickles numpy arrays (shared arrays and memmaps included, by value)
+    as references to raw blocks that follow the pickle."""
 
     def __init__(self, file, arrays):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -3785,7 +3843,7 @@ class _DumpPickler(pickle.Pickler):
 
     def persistent_id(self, obj):
         np = sys.modules.get("numpy")
-        if np is None or type(obj) not in (np.ndarray, np.memmap) or \
+        if np is None or not isinstance(obj, np.ndarray) or \
                 obj.dtype.hasobject:
             return None
         order = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous \
@@ -3798,67 +3856,115 @@ class _DumpPickler(pickle.Pickler):
         return entry
 
 
-def dump(value: Any, filename: Union[str, os.PathLike]) -> list:
+def _dump_to(f, value):
+    """Write the uncompressed format to the binary file object ``f``."""
+    np = _numpy() if "numpy" in sys.modules else None
+    arrays: list = []
+    head = io.BytesIO()
+    _DumpPickler(head, arrays).dump(value)
+    body = head.getvalue()
+    written = f.write(_DUMP_MAGIC + len(body).to_bytes(8, "little") + body)
+    start = -(-written // _DUMP_ALIGN) * _DUMP_ALIGN
+    position = written
+    for array, order, offset in arrays:
+        f.write(b"\0" * (start + offset - position))
+        flat = np.ascontiguousarray(array.ravel(order=order)).view(np.uint8)
+        f.write(memoryview(flat).cast("B"))
+        position = start + offset + array.nbytes
+
+
+def _compression_level(compress):
+    """zlib level from joblib's ``compress``: bool, 0-9, or (method, level)
+    with method 'zlib' or 'gzip'."""
+    if isinstance(compress, tuple) and len(compress) == 2 and \
+            compress[0] in ("zlib", "gzip"):
+        compress = compress[1]
+    if isinstance(compress, bool):
+        return 3 if compress else 0
+    if isinstance(compress, int) and 0 <= compress <= 9:
+        return compress
+    raise ValueError("compress must be a bool, an int from 0 to 9 or "
+                     "('zlib', level) (got %r)" % (compress,))
+
+
+def dump(value: Any, filename: Any, compress: Any = 0,
+         protocol: Optional[int] = None) -> list:
     """Save ``value`` so that :func:`load` can memory-map its arrays, as
     joblib's ``dump``.
 
-    Numpy arrays anywhere inside ``value`` (without object fields) are
-    written as raw, 64-byte aligned blocks after a pickle of the rest; byte
-    order is kept.
+    Uncompressed, numpy arrays anywhere inside ``value`` (without object
+    fields; shared arrays and memmaps are saved by value) are written as
+    raw, 64-byte aligned blocks after a pickle of the rest; byte order is
+    kept.  The format is this module's own: joblib's ``load`` cannot read it
+    and :func:`load` cannot read joblib's files.
 
     Parameters
     ----------
     value : object
         Picklable object, typically an array or a container of arrays.
-    filename : str or os.PathLike
-        Target file (overwritten).
+    filename : str, os.PathLike or binary file object
+        Target file (overwritten), or an object with ``write``.
+    compress : bool, int or tuple, default 0
+        zlib level 0-9 (True: 3), or ``('zlib', level)``.  Compressed files
+        load into memory (no memory mapping).
+    protocol : int, optional
+        Ignored (kept for joblib's signature): protocol 5 is used.
 
     Returns
     -------
     list of str
-        ``[filename]``.
+        ``[filename]`` (``[]`` for a file object).
 
     Raises
     ------
+    ValueError
+        For a bad ``compress``.
     OSError
         When the file cannot be written (a partial file is removed).
     pickle.PicklingError
         When ``value`` cannot be pickled.
     """
-    filename = os.fspath(filename)
-    arrays: list = []
-    head = io.BytesIO()
-    _DumpPickler(head, arrays).dump(value)
-    body = head.getvalue()
+    level = _compression_level(compress)
+    if hasattr(filename, "write"):
+        target = filename
+    else:
+        filename = os.fspath(filename)
     try:
-        with open(filename, "wb") as f:
-            f.write(_DUMP_MAGIC + len(body).to_bytes(8, "little") + body)
-            start = -(-f.tell() // _DUMP_ALIGN) * _DUMP_ALIGN
-            for array, order, offset in arrays:
-                f.seek(start + offset)
-                flat = array.ravel(order=order)
-                f.write(memoryview(_numpy().ascontiguousarray(flat).view(
-                    _numpy().uint8)))
+        if level:
+            import zlib
+            data = _DUMP_MAGIC_ZLIB + zlib.compress(
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), level)
+            if hasattr(filename, "write"):
+                target.write(data)
+            else:
+                with open(filename, "wb") as f:
+                    f.write(data)
+        elif hasattr(filename, "write"):
+            _dump_to(target, value)
+        else:
+            with open(filename, "wb") as f:
+                _dump_to(f, value)
     except BaseException:
-        try:
-            os.unlink(filename)
-        except OSError:
-            pass
+        if not hasattr(filename, "write"):
+            try:
+                os.unlink(filename)
+            except OSError:
+                pass
         raise
-    return [filename]
+    return [] if hasattr(filename, "write") else [filename]
 
 
-def load(filename: Union[str, os.PathLike], mmap_mode: Optional[str] = None
-         ) -> Any:
+def load(filename: Any, mmap_mode: Optional[str] = None) -> Any:
     """Read what :func:`dump` wrote, as joblib's ``load``.
 
     Parameters
     ----------
-    filename : str or os.PathLike
-        A file written by :func:`dump`.
+    filename : str, os.PathLike or binary file object
+        A file written by :func:`dump`, or an object with ``read``.
     mmap_mode : {None, 'r', 'r+', 'w+', 'c'}, default None
         None reads arrays into memory; a mode returns :class:`numpy.memmap`
         views of the file ('w+' is opened as 'r+' so data is kept).
+        Ignored, with a warning, for compressed files and file objects.
 
     Returns
     -------
@@ -3868,35 +3974,64 @@ def load(filename: Union[str, os.PathLike], mmap_mode: Optional[str] = None
     Raises
     ------
     ValueError
-        Not a file written by :func:`dump`, or a bad ``mmap_mode``.
+        Not a file written by :func:`dump` (for example one written by
+        joblib), or a bad ``mmap_mode``.
     """
     _check_choice("mmap_mode", mmap_mode, (None, "r", "r+", "w+", "c"))
-    filename = os.fspath(filename)
+    if hasattr(filename, "read"):
+        f = filename
+        name = getattr(f, "name", repr(f))
+    else:
+        name = filename = os.fspath(filename)
+        f = open(filename, "rb")
+    try:
+        magic = f.read(len(_DUMP_MAGIC))
+        if magic == _DUMP_MAGIC_ZLIB:
+            import zlib
+            if mmap_mode is not None:
+                warnings.warn("%s is compressed: mmap_mode=%r is ignored"
+                              % (name, mmap_mode), UserWarning, stacklevel=2)
+            return pickle.loads(zlib.decompress(f.read()))
+        if magic != _DUMP_MAGIC:
+            raise ValueError("%s was not written by parallel.dump (files "
+                             "written by joblib.dump need joblib.load)" % name)
+        if mmap_mode is not None and hasattr(filename, "read"):
+            warnings.warn("mmap_mode=%r is ignored for a file object"
+                          % (mmap_mode,), UserWarning, stacklevel=2)
+            mmap_mode = None
+        return _load_from(f, filename, mmap_mode)
+    finally:
+        if f is not filename:
+            f.close()
+
+
+def _load_from(f, filename, mmap_mode):
     np = _numpy()
-    with open(filename, "rb") as f:
-        if f.read(len(_DUMP_MAGIC)) != _DUMP_MAGIC:
-            raise ValueError("%s was not written by parallel.dump" % filename)
-        size = int.from_bytes(f.read(8), "little")
-        body = f.read(size)
-        start = -(-f.tell() // _DUMP_ALIGN) * _DUMP_ALIGN
-        mode = "r+" if mmap_mode == "w+" else mmap_mode
+    size = int.from_bytes(f.read(8), "little")
+    body = f.read(size)
+    start = -(-(len(_DUMP_MAGIC) + 8 + size) // _DUMP_ALIGN) * _DUMP_ALIGN
+    position = [len(_DUMP_MAGIC) + 8 + size]
+    mode = "r+" if mmap_mode == "w+" else mmap_mode
 
-        class Unpickler(pickle.Unpickler):
-            def persistent_load(self, pid):
-                _, dtype, shape, order, offset = pid
-                if isinstance(dtype, list):
-                    dtype = [tuple(x) for x in dtype]
-                dtype = np.dtype(dtype)
-                count = int(np.prod(shape, dtype=np.int64))
-                if mode is not None and count:
-                    return np.memmap(filename, dtype=dtype, mode=mode,
-                                     offset=start + offset, shape=shape,
-                                     order=order)
-                f.seek(start + offset)
-                data = np.fromfile(f, dtype=dtype, count=count)
-                return data.reshape(shape, order=order)
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            _, dtype, shape, order, offset = pid
+            if isinstance(dtype, list):
+                dtype = [tuple(x) for x in dtype]
+            dtype = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            if mode is not None and count:
+                return np.memmap(filename, dtype=dtype, mode=mode,
+                                 offset=start + offset, shape=shape,
+                                 order=order)
+            skip = start + offset - position[0]
+            f.read(skip)     # file objects may not seek: read forward
+            data = f.read(count * dtype.itemsize)
+            position[0] = start + offset + len(data)
+            array = np.frombuffer(data, dtype=dtype, count=count).copy()
+            return array.reshape(shape, order=order)
 
-        return Unpickler(io.BytesIO(body)).load()
+    return Unpickler(io.BytesIO(body)).load()
 
 
 # ======================================================================
@@ -4026,7 +4161,14 @@ def _cli(argv=None):
     sub.add_parser("info", help="version, backends, start method, temp "
                    "folder, C helper, cpu_count()")
     args = parser.parse_args(argv)
-    return _demo(args) if args.command == "demo" else _info(args)
+    if args.command == "demo" and args.limit < 0:
+        parser.error("--limit must be 0 (all files) or positive (got %d)"
+                     % args.limit)
+    try:
+        return _demo(args) if args.command == "demo" else _info(args)
+    except (ValueError, KeyError, OSError) as e:
+        parser.exit(2, "python -m parallel %s: error: %s\n"
+                    % (args.command, e))
 
 
 if __name__ == "__main__":

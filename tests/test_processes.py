@@ -489,7 +489,8 @@ def pid_slowly(_):
     return os.getpid()
 
 def slow_sum(x):
-    print("RUNNING", os.getpid(), flush=True)
+    # one write() per line: two workers share this stdout pipe
+    os.write(1, ("RUNNING %d\\n" % os.getpid()).encode())
     time.sleep(20)
     return float(x.sum())
 
@@ -601,3 +602,20 @@ def test_importable_functions_do_not_need_cloudpickle():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[1,", "2,", "3]", "False"]
+
+
+def _lock_at_seven(i):
+    return threading.Lock() if i == 7 else i
+
+
+def test_unpicklable_result_names_the_right_task():
+    with pytest.raises(WorkerError, match="task 7"):
+        Parallel(n_jobs=2, batch_size=4)(
+            delayed(_lock_at_seven)(i) for i in range(10))
+
+
+def test_items_that_are_not_delayed_calls_get_a_clear_error():
+    def square(x):
+        return x * x
+    with pytest.raises(TypeError, match="delayed"):
+        Parallel(n_jobs=2)([square, square])

@@ -50,3 +50,14 @@ def test_info_command():
     for word in ("cpu_count()", "start method", "temp folder", "C helper",
                  "backends"):
         assert word in done.stdout, done.stdout
+
+
+def test_demo_bad_arguments_are_reported_without_traceback():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for args in (["--n-jobs", "0"], ["--backend", "nope"], ["--limit", "-1"]):
+        done = subprocess.run([sys.executable, "-m", "parallel", "demo",
+                               ROOT, "--no-progress"] + args, cwd=ROOT,
+                              env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "Traceback" not in done.stderr and "error" in done.stderr

@@ -516,3 +516,76 @@ def test_large_results_travel_through_segments(order):
     assert sums[3] == pytest.approx(expected.sum() * 3)
     sums = Parallel(n_jobs=2)(delayed(np.sum)(r) for r in out)
     assert sums[3] == pytest.approx(expected.sum() * 3)
+
+
+# --- defects found by a user trial ------------------------------------------
+def test_dump_saves_shared_arrays_by_value(tmp_path):
+    """dump() writes a SharedArray's data, so another process loads it after
+    the creator (and its segment) is gone."""
+    path = str(tmp_path / "hist.pkl")
+    code = ("import parallel\n"
+            "sa = parallel.shared_zeros(5); sa[:] = 7\n"
+            "parallel.dump({'hist': sa, 'view': sa[1:3]}, %r)\n" % path)
+    assert run_script(code).returncode == 0
+    out = parallel.load(path)
+    np.testing.assert_array_equal(out["hist"], np.full(5, 7.0))
+    np.testing.assert_array_equal(out["view"], np.full(2, 7.0))
+    assert type(out["hist"]) is np.ndarray
+
+
+def _make_shared(i):
+    s = parallel.shared_zeros(4)
+    s[:] = i
+    return s, s[1:3]
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_shared_array_made_in_a_worker_comes_back_by_value(backend):
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(_make_shared)(i) for i in range(4))
+    for i, (whole, view) in enumerate(out):
+        np.testing.assert_array_equal(whole, np.full(4, float(i)))
+        np.testing.assert_array_equal(view, np.full(2, float(i)))
+
+
+def test_dump_compress_and_file_objects(tmp_path):
+    import io
+    value = {"a": np.arange(10.0), "b": [np.ones((3, 2), order="F"), "x"]}
+    for compress in (0, 3, True, ("zlib", 1)):
+        path = str(tmp_path / ("v%s.pkl" % (compress,)))
+        parallel.dump(value, path, compress=compress)
+        out = parallel.load(path)
+        np.testing.assert_array_equal(out["a"], value["a"])
+        np.testing.assert_array_equal(out["b"][0], value["b"][0])
+    buffer = io.BytesIO()
+    parallel.dump(value, buffer)
+    buffer.seek(0)
+    out = parallel.load(buffer)
+    np.testing.assert_array_equal(out["b"][0], value["b"][0])
+    with pytest.raises(ValueError, match="compress"):
+        parallel.dump(value, str(tmp_path / "bad.pkl"), compress=11)
+    other = tmp_path / "joblib_like.pkl"
+    other.write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(ValueError, match="joblib"):
+        parallel.load(str(other))
+
+
+def test_atomics_revalidate_after_dtype_change():
+    a = np.zeros(4, np.int64)
+    atomic_add(a, 0, 1)
+    a.dtype = np.float64
+    atomic_add(a, 1, 1)
+    assert a[1] == 1.0
+
+
+def test_atomics_numpy_integer_index_is_scalar_and_bool_is_refused():
+    a = np.zeros(4, np.int64)
+    previous = atomic_add(a, np.int64(1), 2)
+    assert previous == 0 and np.ndim(previous) == 0
+    assert a[1] == 2
+    with pytest.raises(IndexError, match="bool"):
+        atomic_add(a, True, 1)
+    with pytest.raises(TypeError, match="compare_and_swap"):
+        parallel.compare_and_swap(a, 1, 7.5, 9)
+    with pytest.raises(ValueError, match="atomic_add"):
+        atomic_add(a, np.array([1, 2]), [1, 2, 3])

@@ -1,0 +1,83 @@
+"""The dask backend on a real LocalCluster on 127.0.0.1 (public report B25)."""
+import os
+import signal
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from parallel import (Parallel, TerminatedWorkerError, delayed,  # noqa: E402
+                      parallel_config)
+
+
+@pytest.fixture(scope="module")
+def client():
+    env = dict(os.environ)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True,
+        dashboard_address=None, host="127.0.0.1")
+    # LocalCluster sets thread-limit variables in this process: undo it.
+    os.environ.clear()
+    os.environ.update(env)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+    os.environ.clear()
+    os.environ.update(env)
+
+
+def square(x):
+    return x * x
+
+
+def die_on_one(i):
+    if i == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i
+
+
+def whoami(_):
+    return os.getpid()
+
+
+def test_dask_backend_runs_on_the_cluster(client):
+    with parallel_config(backend="dask"):
+        assert Parallel()(delayed(square)(i) for i in range(20)) == \
+            [i * i for i in range(20)]
+        pids = set(Parallel()(delayed(whoami)(i) for i in range(8)))
+    assert os.getpid() not in pids
+    worker_pids = set(client.run(os.getpid).values())
+    assert pids <= worker_pids
+
+
+def test_dask_backend_without_prior_registration(client):
+    assert Parallel(backend="dask", n_jobs=2)(
+        delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
+@pytest.mark.parametrize("mode", ["generator", "generator_unordered"])
+def test_dask_generators(client, mode):
+    out = Parallel(backend="dask", return_as=mode)(
+        delayed(square)(i) for i in range(6))
+    assert sorted(out) == [0, 1, 4, 9, 16, 25]
+
+
+def test_dask_worker_death_fails_the_call_b25(client):
+    env = dict(os.environ)
+    with parallel_config(backend="dask"):
+        with pytest.raises(TerminatedWorkerError) as info:
+            Parallel()(delayed(die_on_one)(i) for i in range(4))
+    assert "KilledWorker" in repr(info.value.__cause__)
+    # the client and cluster stay usable
+    client.wait_for_workers(2, timeout=60)
+    # the nanny that restarts the dead worker sets variables in this process
+    os.environ.clear()
+    os.environ.update(env)
+    with parallel_config(backend="dask"):
+        assert Parallel()(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
+def test_dask_task_exception_keeps_its_type(client):
+    with pytest.raises(ZeroDivisionError):
+        Parallel(backend="dask")(delayed(divmod)(1, i) for i in range(3))
