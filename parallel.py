@@ -781,6 +781,11 @@ def _shm_helper(build=True):
                 module = importlib.import_module(_SHM_HELPER_NAME)
             except ImportError:
                 module = None
+        sources = [os.path.join(here, n) for n in ("_shm.c", "build_shm.py")]
+        if module is None and build and not all(map(os.path.exists, sources)):
+            _SHM_STATE["error"] = ("not found next to %s or as a top-level "
+                                   "module, and _shm.c / build_shm.py are not "
+                                   "there to build it" % __file__)
         if module is None and build and "error" not in _SHM_STATE:
             try:
                 module = _import_extension_from(_shm_cache_folder())

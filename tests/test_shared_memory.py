@@ -589,3 +589,49 @@ def test_atomics_numpy_integer_index_is_scalar_and_bool_is_refused():
         parallel.compare_and_swap(a, 1, 7.5, 9)
     with pytest.raises(ValueError, match="atomic_add"):
         atomic_add(a, np.array([1, 2]), [1, 2, 3])
+
+
+NO_HELPER_SCRIPT = r"""
+import sys
+sys.modules["_parallel_shm"] = None     # no top-level helper either
+import numpy as np
+from theirpkg._vendor import parallel
+from theirpkg._vendor.parallel import Parallel, delayed
+
+def fill(out, i):
+    out[i] = i * i
+
+assert parallel.HAS_SHM_HELPER is False
+out = parallel.shared_zeros(6, np.int64)
+Parallel(n_jobs=2)(delayed(fill)(out, i) for i in range(6))
+print("FILLED", out.tolist())
+print("MEMMAP", Parallel(n_jobs=2, max_nbytes=100)(
+    delayed(type)(np.ones(1000)) for _ in range(2))[0].__name__)
+try:
+    parallel.atomic_add(out, 0, 1)
+except RuntimeError as e:
+    print("ATOMICS", e)
+"""
+
+
+def test_without_the_c_helper_everything_but_atomics_works(tmp_path):
+    """A vendored parallel.py without _shm.c/build_shm.py and no compiled
+    helper: loops, shared arrays and memmaps work; atomics raise an error
+    that says how to build the helper."""
+    vendor = tmp_path / "theirpkg" / "_vendor"
+    vendor.mkdir(parents=True)
+    (tmp_path / "theirpkg" / "__init__.py").write_text("")
+    (vendor / "__init__.py").write_text("")
+    shutil.copy(os.path.join(ROOT, "parallel.py"), vendor / "parallel.py")
+    script = tmp_path / "no_helper.py"
+    script.write_text(NO_HELPER_SCRIPT)
+    env = script_env({"PARALLEL_SHM_CACHE": str(tmp_path / "cache")},
+                     pythonpath=str(tmp_path))
+    proc = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path),
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "FILLED [0, 1, 4, 9, 16, 25]" in proc.stdout, proc.stdout
+    assert "MEMMAP memmap" in proc.stdout, proc.stdout
+    assert "ATOMICS" in proc.stdout and "build_shm.py" in proc.stdout
+    assert not (tmp_path / "cache").exists() or not any(
+        (tmp_path / "cache").rglob("*.so"))
