@@ -118,6 +118,8 @@ _MIN_DEV_SHM_FREE_BYTES = 2_000_000_000
 _RESULT_POLL_INTERVAL_S = 0.1
 # How often a worker checks that its parent is still alive.
 _PARENT_POLL_INTERVAL_S = 0.5
+# Call folders holding at least this much are removed in the background.
+_BACKGROUND_REMOVAL_MIN_NBYTES = 32 << 20
 # Results of workers larger than this travel through a segment, not a pipe.
 _RESULT_SEGMENT_MIN_NBYTES = 1 << 20
 _MAX_PRE_DISPATCH_EXPRESSION_LEN = 30
@@ -902,8 +904,7 @@ class _Tracker:
         cls._proc = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_Tracker._forget_after_fork)
+
 
 
 def _remove_path(path):
@@ -999,10 +1000,67 @@ class _CallFolder:
             return self.path
 
     def cleanup(self):
+        """Remove the folder: at once when it is small, else in the
+        background (freeing hundreds of MB of tmpfs pages takes tens of
+        milliseconds that the caller need not wait for)."""
         with self.lock:
             path, self.path = self.path, None
-        if path is not None:
+        if path is None:
+            return
+        try:
+            large = sum(e.stat().st_size for e in os.scandir(path)) >= \
+                _BACKGROUND_REMOVAL_MIN_NBYTES
+        except OSError:
+            large = False
+        if large:
+            _Reaper.remove(path)
+        else:
             _remove_path(path)
+
+
+class _Reaper:
+    """A daemon thread that removes large call folders after the call
+    returned.  Drained at exit; the tracker covers a killed process."""
+
+    _lock = threading.Lock()
+    _queue: Optional[Any] = None
+
+    @classmethod
+    def remove(cls, path):
+        import queue
+        with cls._lock:
+            if cls._queue is None:
+                cls._queue = queue.SimpleQueue()
+                threading.Thread(target=cls._run, args=(cls._queue,),
+                                 daemon=True, name="parallel-reaper").start()
+                atexit.register(cls.drain)
+            cls._queue.put(path)
+
+    @staticmethod
+    def _run(paths):
+        while True:
+            _remove_path(paths.get())
+
+    @classmethod
+    def drain(cls):
+        """Remove what is still queued, in the calling thread."""
+        import queue
+        paths = cls._queue
+        while paths is not None:
+            try:
+                _remove_path(paths.get_nowait())
+            except queue.Empty:
+                break
+
+    @classmethod
+    def _forget_after_fork(cls):
+        cls._lock = threading.Lock()
+        cls._queue = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Tracker._forget_after_fork)
+    os.register_at_fork(after_in_child=_Reaper._forget_after_fork)
 
 
 # --- arrays backed by files: references, rebuilding --------------------------
