@@ -3362,6 +3362,7 @@ class _Call:
         self.n_jobs = n_jobs
         self.n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
         self.iterator = iter(iterable)
+        self.lookahead: collections.deque = collections.deque()
         self.exhausted = False
         import queue
         self.queue = queue.SimpleQueue()
@@ -3417,11 +3418,9 @@ class _Call:
             remaining = None if self.n_tasks is None else \
                 self.n_tasks - self.n_pulled
             size = self.batcher.next_size(self.n_jobs, remaining)
-            tasks = list(itertools.islice(self.iterator, size))
-            if len(tasks) < size:
-                self.exhausted = True
-                self.iterator = None
+            tasks = self._take(size)
             if not tasks:
+                self.exhausted = True
                 break
             first = tasks[0]
             if not (isinstance(first, tuple) and len(first) == 3
@@ -3442,6 +3441,29 @@ class _Call:
                 batch, lambda out, b=batch: q.put((b, out)))
             if self.n_batches == 1 or not self.exhausted:
                 self.pre_dispatch_amount = self.n_pulled
+
+    def _take(self, size):
+        """Up to ``size`` tasks.  For an input of unknown length, read
+        ``size * n_jobs`` tasks ahead (as joblib does) so that the end of
+        the input is seen early enough to shrink the last batches."""
+        if self.n_tasks is not None:
+            tasks = list(itertools.islice(self.iterator, size))
+            if len(tasks) < size:
+                self.exhausted, self.iterator = True, None
+            return tasks
+        buffer = self.lookahead
+        want = size * self.n_jobs - len(buffer)
+        if self.iterator is not None and want > 0:
+            more = list(itertools.islice(self.iterator, want))
+            if len(more) < want:
+                self.iterator = None
+            buffer.extend(more)
+        if self.iterator is None:   # the end is in sight: balance the tail
+            size = self.batcher.next_size(self.n_jobs, len(buffer))
+        tasks = [buffer.popleft() for _ in range(min(size, len(buffer)))]
+        if self.iterator is None and not buffer:
+            self.exhausted = True
+        return tasks
 
     # -- retrieval -----------------------------------------------------------
     def wait_one(self):
