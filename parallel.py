@@ -3377,10 +3377,8 @@ class _Call:
         self.active = True
         sequential = isinstance(backend, SequentialBackend)
         pre = parallel.pre_dispatch
-        if sequential:
-            self.window = 1
-        elif pre == "all":
-            self.window = sys.maxsize
+        if pre == "all":
+            value, self.pre_dispatch_amount = sys.maxsize, 0
         else:
             value = pre if isinstance(pre, int) else \
                 _eval_pre_dispatch(pre, n_jobs)
@@ -3388,8 +3386,9 @@ class _Call:
                 raise ValueError("pre_dispatch=%r gives %d tasks for n_jobs=%d;"
                                  " it must give at least 1" % (pre, value,
                                                                n_jobs))
-            self.window = value
-        self.pre_dispatch_amount = 0
+            self.pre_dispatch_amount = value   # joblib's progress arithmetic
+        # batches dispatched ahead; the sequential backend computes lazily
+        self.window = 1 if sequential else value
         batcher = parallel._batcher
         if parallel.batch_size != "auto":
             self.batcher = _AutoBatcher(fixed=parallel.batch_size)
@@ -3439,17 +3438,18 @@ class _Call:
             batch.submitted_s = time.monotonic()
             batch.future = backend.submit(
                 batch, lambda out, b=batch: q.put((b, out)))
-            if self.n_batches == 1 or not self.exhausted:
-                self.pre_dispatch_amount = self.n_pulled
 
     def _take(self, size):
-        """Up to ``size`` tasks.  For an input of unknown length, read
-        ``size * n_jobs`` tasks ahead (as joblib does) so that the end of
-        the input is seen early enough to shrink the last batches."""
+        """Up to ``size`` tasks ([] once the input is used up).  For an
+        input of unknown length, read ``size * n_jobs`` tasks ahead (as
+        joblib does) so that the end of the input is seen early enough to
+        shrink the last batches."""
         if self.n_tasks is not None:
+            if self.iterator is None:
+                return []
             tasks = list(itertools.islice(self.iterator, size))
             if len(tasks) < size:
-                self.exhausted, self.iterator = True, None
+                self.iterator = None
             return tasks
         buffer = self.lookahead
         want = size * self.n_jobs - len(buffer)
@@ -3460,10 +3460,7 @@ class _Call:
             buffer.extend(more)
         if self.iterator is None:   # the end is in sight: balance the tail
             size = self.batcher.next_size(self.n_jobs, len(buffer))
-        tasks = [buffer.popleft() for _ in range(min(size, len(buffer)))]
-        if self.iterator is None and not buffer:
-            self.exhausted = True
-        return tasks
+        return [buffer.popleft() for _ in range(min(size, len(buffer)))]
 
     # -- retrieval -----------------------------------------------------------
     def wait_one(self):
@@ -3534,7 +3531,7 @@ class _Call:
         if self.exhausted and done == self.n_pulled:
             return   # the final line is printed by finish()
         if not self.exhausted:
-            if _verbosity_filter(self.n_batches - 1, verbose):
+            if _verbosity_filter(self.n_batches, verbose):
                 return
             if self.n_tasks is not None:
                 self.parallel._print("Done %*d out of %*d | elapsed: %s" % (

@@ -616,3 +616,31 @@ def test_auto_batching_many_tiny_tasks_on_threads():
     out = Parallel(n_jobs=2, backend="threading", batch_size="auto")(
         delayed(add)(i, 1) for i in range(10_000))
     assert out == [i + 1 for i in range(10_000)]
+
+
+# --- side by side with joblib ------------------------------------------------
+def _verbose_lines(module, n_jobs, verbose, n, as_generator):
+    import contextlib
+    import io
+    import re
+    buffer = io.StringIO()
+    calls = (module.delayed(abs)(-i) for i in range(n))
+    with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(buffer):
+        module.Parallel(n_jobs=n_jobs, verbose=verbose)(
+            calls if as_generator else list(calls))
+    lines = buffer.getvalue().splitlines()
+    return [re.sub(r"elapsed:.*", "elapsed: T", line) for line in lines]
+
+
+@pytest.mark.parametrize("verbose", [1, 5, 10, 11, 50])
+@pytest.mark.parametrize("n, as_generator", [(12, False), (30, True),
+                                             (30, False), (150, False)])
+def test_verbose_lines_match_joblib(verbose, n, as_generator):
+    """n_jobs=1 is deterministic: the same progress lines as joblib 1.6."""
+    env = dict(os.environ)
+    joblib = pytest.importorskip("joblib")
+    os.environ.clear()            # import joblib sets KMP_INIT_AT_FORK
+    os.environ.update(env)
+    ours = _verbose_lines(parallel, 1, verbose, n, as_generator)
+    theirs = _verbose_lines(joblib, 1, verbose, n, as_generator)
+    assert ours == theirs
