@@ -22,6 +22,8 @@
  *     v < current: a NaN v is never stored and a NaN already in place is
  *     never replaced (numpy's np.maximum would propagate the NaN instead);
  *   - pointers must be aligned to their element size (the caller checks).
+ * The *_at_* entry points apply one operation at base + i (one call from
+ * Python instead of a pointer addition and a call).
  * The scatter entry points apply one operation per (index[i], values[i])
  * pair, in order; index holds element offsets from base, not byte offsets.
  * Duplicate indices are allowed and every update lands.
@@ -270,11 +272,32 @@ PSHM_DEFINE_PRIMITIVES(64)
         }                                                                      \
     }
 
+/* Single-element entry points taking (base, index): from Python, one call
+ * instead of a pointer addition and a call. */
+#define PSHM_DEFINE_AT(T, SUF)                                                 \
+    T pshm_fetch_add_at_##SUF(T *base, int64_t i, T v)                         \
+    {                                                                          \
+        return pshm_fetch_add_##SUF(base + i, v);                              \
+    }                                                                          \
+    T pshm_fetch_max_at_##SUF(T *base, int64_t i, T v)                         \
+    {                                                                          \
+        return pshm_fetch_max_##SUF(base + i, v);                              \
+    }                                                                          \
+    T pshm_fetch_min_at_##SUF(T *base, int64_t i, T v)                         \
+    {                                                                          \
+        return pshm_fetch_min_##SUF(base + i, v);                              \
+    }                                                                          \
+    T pshm_cas_at_##SUF(T *base, int64_t i, T expected, T desired)             \
+    {                                                                          \
+        return pshm_cas_##SUF(base + i, expected, desired);                    \
+    }
+
 #define PSHM_DEFINE_INTEGER_TYPE(T, SUF, W)                                    \
     PSHM_DEFINE_CAS(T, SUF, W)                                                 \
     PSHM_DEFINE_CMP_UPDATE(T, SUF, W, max, >)                                  \
     PSHM_DEFINE_CMP_UPDATE(T, SUF, W, min, <)                                  \
     PSHM_DEFINE_INT_ADD(T, SUF, W)                                             \
+    PSHM_DEFINE_AT(T, SUF)                                                     \
     PSHM_DEFINE_SCATTER(T, SUF)
 
 #define PSHM_DEFINE_FLOAT_TYPE(T, SUF, W)                                      \
@@ -282,6 +305,7 @@ PSHM_DEFINE_PRIMITIVES(64)
     PSHM_DEFINE_CMP_UPDATE(T, SUF, W, max, >)                                  \
     PSHM_DEFINE_CMP_UPDATE(T, SUF, W, min, <)                                  \
     PSHM_DEFINE_FLOAT_ADD(T, SUF, W)                                           \
+    PSHM_DEFINE_AT(T, SUF)                                                     \
     PSHM_DEFINE_SCATTER(T, SUF)
 
 PSHM_STATIC_ASSERT(sizeof(float) == 4 && sizeof(double) == 8,

@@ -67,31 +67,55 @@ int32_t pshm_fetch_add_int32(int32_t *p, int32_t v);
 int32_t pshm_fetch_max_int32(int32_t *p, int32_t v);
 int32_t pshm_fetch_min_int32(int32_t *p, int32_t v);
 int32_t pshm_cas_int32(int32_t *p, int32_t expected, int32_t desired);
+int32_t pshm_fetch_add_at_int32(int32_t *base, int64_t i, int32_t v);
+int32_t pshm_fetch_max_at_int32(int32_t *base, int64_t i, int32_t v);
+int32_t pshm_fetch_min_at_int32(int32_t *base, int64_t i, int32_t v);
+int32_t pshm_cas_at_int32(int32_t *base, int64_t i, int32_t expected, int32_t desired);
 
 int64_t pshm_fetch_add_int64(int64_t *p, int64_t v);
 int64_t pshm_fetch_max_int64(int64_t *p, int64_t v);
 int64_t pshm_fetch_min_int64(int64_t *p, int64_t v);
 int64_t pshm_cas_int64(int64_t *p, int64_t expected, int64_t desired);
+int64_t pshm_fetch_add_at_int64(int64_t *base, int64_t i, int64_t v);
+int64_t pshm_fetch_max_at_int64(int64_t *base, int64_t i, int64_t v);
+int64_t pshm_fetch_min_at_int64(int64_t *base, int64_t i, int64_t v);
+int64_t pshm_cas_at_int64(int64_t *base, int64_t i, int64_t expected, int64_t desired);
 
 uint32_t pshm_fetch_add_uint32(uint32_t *p, uint32_t v);
 uint32_t pshm_fetch_max_uint32(uint32_t *p, uint32_t v);
 uint32_t pshm_fetch_min_uint32(uint32_t *p, uint32_t v);
 uint32_t pshm_cas_uint32(uint32_t *p, uint32_t expected, uint32_t desired);
+uint32_t pshm_fetch_add_at_uint32(uint32_t *base, int64_t i, uint32_t v);
+uint32_t pshm_fetch_max_at_uint32(uint32_t *base, int64_t i, uint32_t v);
+uint32_t pshm_fetch_min_at_uint32(uint32_t *base, int64_t i, uint32_t v);
+uint32_t pshm_cas_at_uint32(uint32_t *base, int64_t i, uint32_t expected, uint32_t desired);
 
 uint64_t pshm_fetch_add_uint64(uint64_t *p, uint64_t v);
 uint64_t pshm_fetch_max_uint64(uint64_t *p, uint64_t v);
 uint64_t pshm_fetch_min_uint64(uint64_t *p, uint64_t v);
 uint64_t pshm_cas_uint64(uint64_t *p, uint64_t expected, uint64_t desired);
+uint64_t pshm_fetch_add_at_uint64(uint64_t *base, int64_t i, uint64_t v);
+uint64_t pshm_fetch_max_at_uint64(uint64_t *base, int64_t i, uint64_t v);
+uint64_t pshm_fetch_min_at_uint64(uint64_t *base, int64_t i, uint64_t v);
+uint64_t pshm_cas_at_uint64(uint64_t *base, int64_t i, uint64_t expected, uint64_t desired);
 
 float pshm_fetch_add_float32(float *p, float v);
 float pshm_fetch_max_float32(float *p, float v);
 float pshm_fetch_min_float32(float *p, float v);
 float pshm_cas_float32(float *p, float expected, float desired);
+float pshm_fetch_add_at_float32(float *base, int64_t i, float v);
+float pshm_fetch_max_at_float32(float *base, int64_t i, float v);
+float pshm_fetch_min_at_float32(float *base, int64_t i, float v);
+float pshm_cas_at_float32(float *base, int64_t i, float expected, float desired);
 
 double pshm_fetch_add_float64(double *p, double v);
 double pshm_fetch_max_float64(double *p, double v);
 double pshm_fetch_min_float64(double *p, double v);
 double pshm_cas_float64(double *p, double expected, double desired);
+double pshm_fetch_add_at_float64(double *base, int64_t i, double v);
+double pshm_fetch_max_at_float64(double *base, int64_t i, double v);
+double pshm_fetch_min_at_float64(double *base, int64_t i, double v);
+double pshm_cas_at_float64(double *base, int64_t i, double expected, double desired);
 
 int pshm_scatter(int op, int dtype, void *base, const int64_t *index,
                  const void *values, void *previous, uint64_t n);

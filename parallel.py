@@ -795,6 +795,15 @@ def _shm_helper(build=True):
                     module = _import_extension_from(build_shm_helper())
             except (OSError, RuntimeError) as e:
                 _SHM_STATE["error"] = str(e)
+        if module is not None and not hasattr(module.lib,
+                                              "pshm_cas_at_float64"):
+            module = None    # built from an older _shm.c: rebuild below
+            if build and "error" not in _SHM_STATE:
+                try:
+                    module = _import_extension_from(_shm_cache_folder()) or \
+                        _import_extension_from(build_shm_helper())
+                except (OSError, RuntimeError) as e:
+                    _SHM_STATE["error"] = str(e)
         if module is not None and module.lib.pshm_lock_free() != 1:
             _SHM_STATE["error"] = "the C helper's atomics are not lock-free"
             module = None
@@ -1488,10 +1497,10 @@ def _atomic_target(a, name):
     t.fast_types = (float, int) if t.code >= 4 else (int,)
     t.order = "C" if flags.c_contiguous else "F"
     t.type = dtype.type
-    t.fns = (getattr(lib, "pshm_fetch_add_" + suffix),
-             getattr(lib, "pshm_fetch_max_" + suffix),
-             getattr(lib, "pshm_fetch_min_" + suffix),
-             getattr(lib, "pshm_cas_" + suffix))
+    t.fns = (getattr(lib, "pshm_fetch_add_at_" + suffix),
+             getattr(lib, "pshm_fetch_max_at_" + suffix),
+             getattr(lib, "pshm_fetch_min_at_" + suffix),
+             getattr(lib, "pshm_cas_at_" + suffix))
     t.lib, t.ffi = lib, ffi
     key = id(a)
     _TARGETS[key] = (weakref.ref(a, lambda _, k=key: _TARGETS.pop(k, None)), t)
@@ -1626,8 +1635,8 @@ def _make_rmw(op, name):
                     a.flags.writeable and a.size == n and \
                     a.dtype is t.dtype and -n <= index < n:
                 try:
-                    return t.fns[op](t.ptr + (index if index >= 0 else
-                                              index + n), value)
+                    return t.fns[op](t.ptr, index if index >= 0 else
+                                     index + n, value)
                 except OverflowError:
                     raise OverflowError("%s: value %r does not fit in %s" % (
                         name, value, t.type.__name__)) from None
@@ -1641,7 +1650,7 @@ def _rmw(op, a, index, value, name):
     i = _flat_scalar_index(t, index, name)
     if i is not None:
         try:
-            return t.fns[op](t.ptr + i, _scalar_value(t, value, name))
+            return t.fns[op](t.ptr, i, _scalar_value(t, value, name))
         except OverflowError:
             raise OverflowError("%s: value %r does not fit in %s"
                                 % (name, value, t.type.__name__)) from None
@@ -1727,7 +1736,7 @@ def compare_and_swap(a, index, expected, desired):
     t = _atomic_target(a, name)
     i = _flat_scalar_index(t, index, name)
     if i is not None:
-        return t.fns[3](t.ptr + i, _scalar_value(t, expected, name),
+        return t.fns[3](t.ptr, i, _scalar_value(t, expected, name),
                         _scalar_value(t, desired, name))
     np = _numpy()
     flat, shape = _flat_array_index(t, index, name)
@@ -1788,26 +1797,26 @@ class AtomicView:
         """Add ``value`` at flat index ``i``; return the previous value."""
         if i.__class__ is not int or not 0 <= i < self._size:
             i = self._index(i)
-        return self._add(self._ptr + i, value)
+        return self._add(self._ptr, i, value)
 
     def max(self, i: int, value):
         """Store the maximum at flat index ``i``; return the previous value."""
         if i.__class__ is not int or not 0 <= i < self._size:
             i = self._index(i)
-        return self._max(self._ptr + i, value)
+        return self._max(self._ptr, i, value)
 
     def min(self, i: int, value):
         """Store the minimum at flat index ``i``; return the previous value."""
         if i.__class__ is not int or not 0 <= i < self._size:
             i = self._index(i)
-        return self._min(self._ptr + i, value)
+        return self._min(self._ptr, i, value)
 
     def compare_and_swap(self, i: int, expected, desired):
         """Swap at flat index ``i`` if it equals ``expected``; return the
         value found."""
         if i.__class__ is not int or not 0 <= i < self._size:
             i = self._index(i)
-        return self._cas(self._ptr + i, expected, desired)
+        return self._cas(self._ptr, i, expected, desired)
 
 
 # ======================================================================
