@@ -90,6 +90,7 @@ __all__ = [
     "ParallelBackendBase", "SequentialBackend", "ThreadingBackend",
     "LokyBackend", "ProcessBackend", "MultiprocessingBackend", "EXTERNAL_BACKENDS",
     "TerminatedWorkerError", "ParallelTimeoutError", "WorkerError",
+    "InvalidParameterError", "UnknownBackendError", "DaskBackend",
     "wrap_non_picklable_objects",
     "SharedArray", "shared_zeros", "shared_empty", "shared_array",
     "atomic_add", "atomic_max", "atomic_min", "compare_and_swap",

@@ -61,3 +61,31 @@ def test_demo_bad_arguments_are_reported_without_traceback():
                               timeout=60)
         assert done.returncode == 2, (args, done.stderr)
         assert "Traceback" not in done.stderr and "error" in done.stderr
+
+
+BASH_BLOCKS = re.findall(r"```bash\n(.*?)```", open(
+    os.path.join(ROOT, "README.md")).read(), re.S)
+
+
+def test_readme_commands_are_the_ones_ci_and_users_run():
+    """The two set-up commands: the test command is the one .ci/run runs,
+    and the main command's demo runs on the standard library with identical
+    histograms (the install part is what CI itself does)."""
+    commands = [line.strip() for block in BASH_BLOCKS
+                for line in block.splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    main, tests = commands[0], commands[1]
+    assert main == ("python -m pip install -e '.[test]' && "
+                    "python -m parallel demo")
+    assert tests == "python -m pytest"
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    assert "-m pip install -q -e '.[test]'" in ci and "-m pytest -q" in ci
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-m", "parallel", "demo",
+                           "--no-progress"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "histograms are identical" in done.stdout
+    # the speed-up is reported (its size is the benchmark's business)
+    assert re.search(r"speed-up: [0-9.]+x", done.stdout), done.stdout
