@@ -3,8 +3,8 @@
 ``parallel`` runs ``Parallel(n_jobs=4)(delayed(f)(x) for x in data)`` exactly as
 joblib does (``from parallel import Parallel, delayed`` is a drop-in for
 ``from joblib import Parallel, delayed``), on processes, threads, or a
-dask.distributed / Ray cluster, and goes past joblib with numpy arrays that
-every worker maps writable and updates with atomic add, min, max and
+dask.distributed cluster, and goes past joblib with numpy arrays that every
+worker maps writable and updates with atomic add, min, max and
 compare-and-swap.
 
 >>> from math import sqrt
@@ -24,11 +24,12 @@ Data flow of one call::
       -> pull up to pre_dispatch tasks (generators stay lazy)
       -> cut them into batches (auto size from measured durations)
       -> backend.submit(batch, callback)
-           process backend: pickle the batch once (cloudpickle; arrays above
-           max_nbytes -> a segment in the temp folder, sent by reference)
+           process backend: pickle the batch once (the stdlib pickler;
+           cloudpickle for what must travel by value; arrays above
+           max_nbytes -> a segment in the call's folder, sent by reference)
            -> pool manager thread -> idle worker's pipe -> worker maps the
            segments, runs the calls under the nested configuration,
-           pickles the results back
+           pickles the results back (arrays above 1 MB through a segment)
       -> callback (any thread) -> completion queue -> caller thread:
            record duration (auto-batching), progress, dispatch more
       -> results in order ('list', 'generator') or as completed
@@ -44,7 +45,8 @@ Environment variables:
     start method of the process backend: ``forkserver`` (default where
     available), ``spawn`` or ``fork``.
 ``PARALLEL_PICKLER`` (``LOKY_PICKLER``)
-    module whose ``Pickler`` class serializes tasks (default: cloudpickle).
+    module whose ``Pickler`` class serializes tasks (default: the standard
+    library's, with cloudpickle for lambdas, closures and ``__main__``).
 ``PARALLEL_TEMP_FOLDER`` (``JOBLIB_TEMP_FOLDER``)
     folder for shared segments (default ``/dev/shm`` when it has room).
 ``PARALLEL_MULTIPROCESSING`` (``JOBLIB_MULTIPROCESSING``)
@@ -53,6 +55,11 @@ Environment variables:
     seconds an idle worker process waits for work before it exits (300).
 ``PARALLEL_SHM_CACHE``
     folder where the C helper is built on first use (``~/.cache/parallel``).
+
+The C helper (``_parallel_shm``, from ``_shm.c``) is looked up next to this
+module, then as a top-level module, then built on first use into the cache
+folder; without it everything but the atomics works
+(``parallel.HAS_SHM_HELPER`` says which).
 
 Copyright (c) 2026 the parallel developers.  BSD 3-Clause License: use,
 copy, modify and redistribute with this notice kept.
@@ -4228,11 +4235,16 @@ def _info(args):
                             else "not built (atomics unavailable; run "
                                  "`python build_shm.py`)"))
     print("multiprocessing available: %s" % _multiprocessing_available())
-    print("backends: %s" % ", ".join(sorted(BACKENDS)))
-    for name, module in (("dask", "distributed"), ("ray", "ray"),
-                         ("spark", "pyspark"), ("tqdm", "tqdm")):
+    print("backends: %s (registered on first use: %s)" % (
+        ", ".join(sorted(BACKENDS)),
+        ", ".join(sorted(set(EXTERNAL_BACKENDS) - set(BACKENDS))) or "-"))
+    for name, module, note in (("dask", "distributed", "backend 'dask'"),
+                               ("tqdm", "tqdm", "progress=True bar"),
+                               ("ray", "ray", "no backend yet"),
+                               ("spark", "pyspark", "no backend yet")):
         found = importlib.util.find_spec(module) is not None
-        print("  %s: %s" % (name, "installed" if found else "not installed"))
+        print("  %s: %s (%s)" % (name, "installed" if found else
+                                 "not installed", note))
     return 0
 
 
