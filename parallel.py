@@ -86,8 +86,9 @@ import time
 import types
 import warnings
 import weakref
-from typing import (Any, Callable, Dict, Iterable, Iterator, Optional,
-                    ParamSpec, Tuple, TypeVar, Union)
+from typing import (Any, Callable, Dict, Generic, Iterable, Iterator, List,
+                    Literal, Optional, ParamSpec, Tuple, TypeVar, Union,
+                    overload)
 
 __version__ = "0.1.0"
 
@@ -157,7 +158,7 @@ def _multiprocessing_available():
     try:
         import multiprocessing
         multiprocessing.get_context("spawn")
-        import _multiprocessing  # noqa: F401  (absent on Pyodide)
+        import _multiprocessing  # type: ignore  # noqa: F401  (not on Pyodide)
     except (ImportError, ValueError):
         return False
     return True
@@ -1878,7 +1879,7 @@ def _pickler_class(by_value=False):
         return cls
     fast = False
     if key == "cloudpickle":
-        import cloudpickle
+        import cloudpickle  # type: ignore
         base = cloudpickle.CloudPickler
     elif not key:
         base, fast = pickle.Pickler, True
@@ -2097,7 +2098,7 @@ def _limit_native_threads(env):
     if "numpy" not in sys.modules:
         return
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore
     except ImportError:
         return
     threadpool_limits(int(env["OMP_NUM_THREADS"])) if "OMP_NUM_THREADS" in \
@@ -2929,7 +2930,7 @@ class MultiprocessingBackend(ProcessBackend):
 
 def _register_dask():
     try:
-        import distributed  # noqa: F401
+        import distributed  # type: ignore  # noqa: F401
     except ImportError:
         raise ValueError("backend 'dask' needs dask.distributed; install it "
                          "with `pip install distributed`") from None
@@ -2960,14 +2961,14 @@ class DaskBackend(ParallelBackendBase):
         super().effective_n_jobs(n_jobs)
         client = self.client
         if client is None:
-            from distributed import get_client
+            from distributed import get_client  # type: ignore
             client = get_client()
         threads = sum(client.nthreads().values()) or 1
         return threads if n_jobs is None or n_jobs < 0 else n_jobs
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
         if self.client is None:
-            from distributed import get_client
+            from distributed import get_client  # type: ignore
             self.client = get_client()
         self.parallel = parallel
         self._futures = set()
@@ -3363,7 +3364,7 @@ def _progress_reporter(progress, total):
     if callable(progress) and not isinstance(progress, bool):
         return progress, None
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore
         bar = _TqdmBar(tqdm, total)
     except ImportError:
         bar = _TextBar(total)
@@ -3641,7 +3642,19 @@ class _Call:
                 self.backend.terminate()
 
 
-class Parallel:
+class _ListOutput:
+    """Type marker: a Parallel whose calls return lists."""
+
+
+class _IteratorOutput:
+    """Type marker: a Parallel whose calls return generators."""
+
+
+_Output = TypeVar("_Output")
+_Self = TypeVar("_Self", bound="Parallel")
+
+
+class Parallel(Generic[_Output]):
     """Run ``delayed`` calls in parallel workers, as joblib's ``Parallel``.
 
     ``Parallel(n_jobs=2)(delayed(f)(x) for x in data)`` returns
@@ -3730,6 +3743,24 @@ class Parallel:
     >>> res
     (0.0, 0.5, 0.0, 0.5)
     """
+
+    # For type checkers: calls return list[R] for return_as='list' and
+    # Iterator[R] for the generator modes.
+    @overload
+    def __init__(self: "Parallel[_ListOutput]", n_jobs: Optional[int] = ...,
+                 backend: Any = ..., return_as: Literal["list"] = ...,
+                 **kwargs: Any) -> None: ...
+
+    @overload
+    def __init__(self: "Parallel[_IteratorOutput]",
+                 n_jobs: Optional[int] = ..., backend: Any = ..., *,
+                 return_as: Literal["generator", "generator_unordered"],
+                 **kwargs: Any) -> None: ...
+
+    @overload
+    def __init__(self: "Parallel[Any]", n_jobs: Optional[int] = ...,
+                 backend: Any = ..., return_as: str = ...,
+                 **kwargs: Any) -> None: ...
 
     def __init__(self, n_jobs: Optional[int] = None, backend: Any = None,
                  return_as: str = "list", verbose: Any = _UNSET,
@@ -3858,7 +3889,7 @@ class Parallel:
                           UserWarning, stacklevel=3)
         return backend, n_jobs
 
-    def __enter__(self) -> "Parallel":
+    def __enter__(self: _Self) -> _Self:
         self._managed = self._configure()
         return self
 
@@ -3874,8 +3905,20 @@ class Parallel:
         if managed is not None:
             managed[0].terminate()
 
+    @overload
+    def __call__(self: "Parallel[_ListOutput]",
+                 iterable: Iterable[DelayedCall[_R]]) -> List[_R]: ...
+
+    @overload
+    def __call__(self: "Parallel[_IteratorOutput]",
+                 iterable: Iterable[DelayedCall[_R]]) -> Iterator[_R]: ...
+
+    @overload
+    def __call__(self: "Parallel[Any]",
+                 iterable: Iterable[DelayedCall[_R]]) -> Any: ...
+
     def __call__(self, iterable: Iterable[DelayedCall[_R]]
-                 ) -> Union[list, Iterator[_R]]:
+                 ) -> Union[List[_R], Iterator[_R]]:
         """Run the delayed calls of ``iterable``.
 
         Returns

@@ -644,3 +644,58 @@ def test_verbose_lines_match_joblib(verbose, n, as_generator):
     ours = _verbose_lines(parallel, 1, verbose, n, as_generator)
     theirs = _verbose_lines(joblib, 1, verbose, n, as_generator)
     assert ours == theirs
+
+
+def test_progress_true_without_tqdm_prints_a_text_bar(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    Parallel(n_jobs=2, backend="threading", progress=True)(
+        [delayed(square)(i) for i in range(10)])
+    err = capsys.readouterr().err
+    assert "10/10" in err and "#" in err, err
+
+
+# --- cpu_count: affinity, cgroup quotas, environment --------------------------
+def _cgroup_tree(tmp_path, files, own="/"):
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    root.mkdir(exist_ok=True)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text("0::%s\n" % own)
+    return str(root), str(proc)
+
+
+@pytest.mark.parametrize("files, own, expected", [
+    ({"cpu.max": "100000 100000"}, "/", 1),                       # v2 root
+    ({"user.slice/app.scope/cpu.max": "150000 100000"},           # B20:
+     "/user.slice/app.scope", 2),                                  # own cgroup
+    ({"a/cpu.max": "100000 100000", "a/b/cpu.max": "max 100000"},  # parent's
+     "/a/b", 1),                                                   # quota
+    ({"cpu.max": "max 100000"}, "/", None),                        # no quota
+    ({"cpu.max": ""}, "/", None),                                  # empty
+    ({"cpu.max": "garbage"}, "/", None),                           # malformed
+    ({"cpu/cpu.cfs_quota_us": "250000",                            # v1
+      "cpu/cpu.cfs_period_us": "100000"}, "/", 3),
+    ({"cpu/cpu.cfs_quota_us": "-1",
+      "cpu/cpu.cfs_period_us": "100000"}, "/", None),
+])
+def test_cgroup_cpu_limit(tmp_path, files, own, expected):
+    root, proc = _cgroup_tree(tmp_path, files, own)
+    assert parallel._cgroup_cpu_limit(root, proc) == expected
+
+
+def test_cpu_count_honours_affinity_and_environment():
+    code = "from parallel import cpu_count; print(cpu_count())"
+    done = run_script(code, env={"PARALLEL_MAX_CPU_COUNT": "1"})
+    assert done.stdout.strip() == "1", done.stderr
+    done = run_script(code, env={"LOKY_MAX_CPU_COUNT": "1"})
+    assert done.stdout.strip() == "1", done.stderr
+    if hasattr(os, "sched_setaffinity"):
+        code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity"
+                "(0))})\nfrom parallel import cpu_count, effective_n_jobs\n"
+                "print(cpu_count(), effective_n_jobs(-1))")
+        done = run_script(code)
+        assert done.stdout.split() == ["1", "1"], done.stderr
