@@ -960,12 +960,13 @@ def _space_error(e, folder, nbytes, kind="auto"):
 def _create_segment(folder, kind, nbytes):
     """Create an empty segment file of ``nbytes`` bytes; return its path.
 
-    Named ``parallel_<kind>_<random>``, created with O_EXCL and mode 0600,
-    its space reserved up front (so a full folder fails here with ENOSPC or
-    EFBIG, not later with SIGBUS).  Raises OSError naming the folder.
+    Named ``parallel_<kind>_<pid>_<random>`` (the creating process),
+    created with O_EXCL and mode 0600, its space reserved up front (so a
+    full folder fails here with ENOSPC or EFBIG, not later with SIGBUS).
+    Raises OSError naming the folder.
     """
-    path = os.path.join(folder, "%s%s_%s" % (_SEGMENT_PREFIX, kind,
-                                             os.urandom(8).hex()))
+    path = os.path.join(folder, "%s%s_%d_%s" % (
+        _SEGMENT_PREFIX, kind, os.getpid(), os.urandom(8).hex()))
     helper = _shm_helper(build=False)
     try:
         if helper is not None:

@@ -14,8 +14,27 @@ TEMP_DIRS = tuple(dict.fromkeys(d for d in ("/dev/shm", tempfile.gettempdir())
                                 if os.path.isdir(d)))
 
 
+def _foreign(name):
+    """True for an entry made by a live process outside this test session
+    (its name carries the creator's pid: parallel_<pid>_... for call
+    folders, parallel_<kind>_<pid>_... for segments)."""
+    for part in name.split("_")[1:3]:
+        if part.isdigit():
+            pid = int(part)
+            if pid == os.getpid():
+                return False
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                return False          # dead: a leak if it is new
+            return ppid != os.getpid()
+    return False
+
+
 def parallel_paths(dirs=TEMP_DIRS):
-    """Every ``parallel_*`` entry in the temp folders (full paths)."""
+    """Every ``parallel_*`` entry in the temp folders (full paths), except
+    those of live processes that this session did not start."""
     found = set()
     for d in dirs:
         try:
@@ -23,7 +42,7 @@ def parallel_paths(dirs=TEMP_DIRS):
         except OSError:
             continue
         found.update(os.path.join(d, n) for n in names
-                     if n.startswith("parallel_"))
+                     if n.startswith("parallel_") and not _foreign(n))
     return found
 
 
