@@ -164,6 +164,13 @@ def _multiprocessing_available():
     return True
 
 
+# Held by every start of a child process by this module (workers, the
+# tracker, the helper's build): a fork made while another thread is inside
+# subprocess.Popen or Process.start would inherit that thread's private
+# pipes and hide the other child's start or death.
+_START_LOCK = threading.Lock()
+
+
 def _read_text(path):
     try:
         with open(path) as f:
@@ -582,7 +589,7 @@ class _Batch:
 
     __slots__ = ("tasks", "config", "index", "start", "future", "done",
                  "results", "duration_s", "task_started_s",
-                 "track_starts", "submitted_s", "result_folder",
+                 "track_starts", "submitted_s", "result_folder", "running",
                  "__weakref__")
 
     def __init__(self, tasks, config, index=0, start=0):
@@ -598,6 +605,7 @@ class _Batch:
         self.track_starts = False
         self.submitted_s = None
         self.result_folder = None   # where workers may put large results
+        self.running = 0            # index in the batch of the running task
 
     def __len__(self):
         return len(self.tasks)
@@ -626,6 +634,7 @@ class _Batch:
             else:
                 for i, (func, args, kwargs) in enumerate(self.tasks):
                     self.task_started_s = time.monotonic()
+                    self.running = i
                     if on_task_start is not None:
                         on_task_start(i)
                     append(func(*args, **kwargs))
@@ -700,8 +709,8 @@ def _numpy():
 
 # --- the C helper (_parallel_shm, built from _shm.c by build_shm.py) -------
 _SHM_HELPER_NAME = "_parallel_shm"
-_SHM_LOCK = threading.Lock()
-_SHM_STATE: dict = {}   # 'module' -> loaded module or None, 'error' -> text
+# 'module' -> loaded module or None, 'error' -> text, 'lock' -> its lock
+_SHM_STATE: dict = {"lock": threading.Lock()}
 
 
 def _import_extension_from(folder):
@@ -763,8 +772,9 @@ def build_shm_helper(target_dir: Optional[str] = None) -> str:
     # In a child process: cffi changes the working directory while it builds.
     import subprocess
     try:
-        done = subprocess.run([sys.executable, script, target_dir],
-                              capture_output=True, text=True, timeout=600)
+        with _START_LOCK:
+            done = subprocess.run([sys.executable, script, target_dir],
+                                  capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         done = None
         reason = str(e)
@@ -782,7 +792,7 @@ def _shm_helper(build=True):
     module = _SHM_STATE.get("module")
     if module is not None or (not build and "module" in _SHM_STATE):
         return module
-    with _SHM_LOCK:
+    with _SHM_STATE["lock"]:
         if _SHM_STATE.get("module") is not None:
             return _SHM_STATE["module"]
         here = os.path.dirname(os.path.abspath(__file__))
@@ -897,10 +907,11 @@ class _Tracker:
         with cls._lock:
             if cls._proc is None or cls._proc.poll() is not None:
                 import subprocess
-                cls._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _TRACKER_SOURCE],
-                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, start_new_session=True)
+                with _START_LOCK:
+                    cls._proc = subprocess.Popen(
+                        [sys.executable, "-I", "-S", "-c", _TRACKER_SOURCE],
+                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, start_new_session=True)
             try:
                 cls._proc.stdin.write(line)
                 cls._proc.stdin.flush()
@@ -1080,6 +1091,8 @@ class _Reaper:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_Tracker._forget_after_fork)
     os.register_at_fork(after_in_child=_Reaper._forget_after_fork)
+    os.register_at_fork(after_in_child=lambda: _SHM_STATE.update(
+        lock=threading.Lock()))
 
 
 # --- arrays backed by files: references, rebuilding --------------------------
@@ -2186,9 +2199,6 @@ def _first_unpicklable(results):
     return None
 
 
-_START_LOCK = threading.Lock()
-
-
 def _start_process(ctx, target, args):
     """Start a worker process that does not re-run the caller's __main__.
 
@@ -2477,6 +2487,7 @@ class _Pool:
         client, batch, callback, _ = job
         if kind == _MSG_START:
             batch.task_started_s = time.monotonic()
+            batch.running = int.from_bytes(data[9:13], "little")
             return
         with self.lock:
             w.job = None
@@ -2551,6 +2562,20 @@ def _get_pool(start_method, env, initializer=None, initargs=(),
             pool = _POOLS[key] = _Pool(start_method, env, initializer,
                                        initargs, idle_timeout_s)
         return pool
+
+
+def _forget_pools_after_fork():
+    """In a child made by fork: the parent's pools (and their manager
+    threads) are not this process's; start afresh."""
+    global _START_LOCK, _POOLS_LOCK
+    _START_LOCK = threading.Lock()
+    _POOLS_LOCK = threading.Lock()
+    _POOLS.clear()
+    _ALL_POOLS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _hashable(value):
@@ -3533,6 +3558,8 @@ class _Call:
             left = started + timeout - now
             if left <= 0:
                 raise _parallel_timeout_error()(
+                    "task %d ran longer than timeout=%s seconds" % (
+                        batch.start + batch.running, timeout) if track else
                     "a task ran longer than timeout=%s seconds (batch of "
                     "tasks %d..%d)" % (timeout, batch.start,
                                        batch.start + len(batch) - 1))
@@ -3891,6 +3918,9 @@ class Parallel(Generic[_Output]):
         return backend, n_jobs
 
     def __enter__(self: _Self) -> _Self:
+        if self._managed is not None:
+            raise RuntimeError("this Parallel instance is already in a with "
+                               "block; use the instance of that block")
         self._managed = self._configure()
         return self
 

@@ -619,3 +619,66 @@ def test_items_that_are_not_delayed_calls_get_a_clear_error():
         return x * x
     with pytest.raises(TypeError, match="delayed"):
         Parallel(n_jobs=2)([square, square])
+
+
+NESTED_FORK_SCRIPT = r"""
+from parallel import Parallel, delayed
+def inner(x):
+    return sum(Parallel(n_jobs=2, backend="loky")(
+        delayed(abs)(i) for i in range(4))) + x
+print(Parallel(n_jobs=2, backend="multiprocessing")(
+    delayed(inner)(i) for i in range(2)))
+print(Parallel(n_jobs=2)(delayed(inner)(i) for i in range(2)))
+"""
+
+OVERLAPPING_FIRST_CALLS_SCRIPT = r"""
+import os, threading
+from parallel import Parallel, delayed
+def run(backend):
+    Parallel(n_jobs=2, backend=backend)(delayed(abs)(i) for i in range(10))
+threads = [threading.Thread(target=run, args=(b,), daemon=True)
+           for b in ("multiprocessing", "loky", "multiprocessing", "loky")]
+for t in threads: t.start()
+for t in threads: t.join(30)
+print("hung threads:", sum(t.is_alive() for t in threads), flush=True)
+os._exit(0)
+"""
+
+
+def test_nested_process_calls_in_forked_workers():
+    """A process-backend call inside a task of a fork-started worker (the
+    child must not inherit the parent's held locks or pools)."""
+    done = subprocess.run([sys.executable, "-c", NESTED_FORK_SCRIPT],
+                          cwd=ROOT, env=script_env(
+                              {"PARALLEL_START_METHOD": "fork"}),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[6, 7]", "[6, 7]"], done.stdout
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_threads_starting_pools_at_once(method):
+    """First calls from several threads at once: a worker forked while
+    another thread starts the tracker must not hang either."""
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", OVERLAPPING_FIRST_CALLS_SCRIPT], cwd=ROOT,
+            env=script_env({"PARALLEL_START_METHOD": method}),
+            capture_output=True, text=True, timeout=90)
+        assert "hung threads: 0" in done.stdout, done.stdout + done.stderr
+
+
+def test_nested_with_block_of_one_instance_is_refused():
+    p = Parallel(n_jobs=2)
+    with p:
+        with pytest.raises(RuntimeError, match="already in a with block"):
+            with p:
+                pass
+        assert p(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+    assert p._managed is None
+
+
+def test_timeout_names_the_overdue_task():
+    with pytest.raises(ParallelTimeoutError, match="task 2 "):
+        Parallel(n_jobs=2, timeout=0.5, batch_size=10)(
+            delayed(time.sleep)(3 if i == 2 else 0) for i in range(10))
