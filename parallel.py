@@ -1810,7 +1810,11 @@ class AtomicView:
 
     def _index(self, i):
         n = self._size
-        j = operator.index(i)
+        try:
+            j = operator.index(i)
+        except TypeError:
+            raise TypeError("AtomicView: index %r is not an integer"
+                            % (i,)) from None
         j = j + n if j < 0 else j
         if not 0 <= j < n:
             raise IndexError("index %d is out of bounds for size %d" % (i, n))
@@ -1818,26 +1822,26 @@ class AtomicView:
 
     def add(self, i: int, value):
         """Add ``value`` at flat index ``i``; return the previous value."""
-        if i.__class__ is not int or not 0 <= i < self._size:
+        if not 0 <= i < self._size:     # also lets numpy integers through
             i = self._index(i)
         return self._add(self._ptr, i, value)
 
     def max(self, i: int, value):
         """Store the maximum at flat index ``i``; return the previous value."""
-        if i.__class__ is not int or not 0 <= i < self._size:
+        if not 0 <= i < self._size:     # also lets numpy integers through
             i = self._index(i)
         return self._max(self._ptr, i, value)
 
     def min(self, i: int, value):
         """Store the minimum at flat index ``i``; return the previous value."""
-        if i.__class__ is not int or not 0 <= i < self._size:
+        if not 0 <= i < self._size:     # also lets numpy integers through
             i = self._index(i)
         return self._min(self._ptr, i, value)
 
     def compare_and_swap(self, i: int, expected, desired):
         """Swap at flat index ``i`` if it equals ``expected``; return the
         value found."""
-        if i.__class__ is not int or not 0 <= i < self._size:
+        if not 0 <= i < self._size:     # also lets numpy integers through
             i = self._index(i)
         return self._cas(self._ptr, i, expected, desired)
 
