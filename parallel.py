@@ -115,6 +115,9 @@ _MIN_IDEAL_BATCH_DURATION_S = 0.2
 _MAX_IDEAL_BATCH_DURATION_S = 2.0
 _THREAD_MIN_IDEAL_BATCH_DURATION_S = 0.002
 _THREAD_MAX_IDEAL_BATCH_DURATION_S = 0.05
+# Near the end of the input, batches lasting longer than this are split
+# so that no worker is left holding the tail.
+_TAIL_SPLIT_MIN_BATCH_S = 0.001
 # A batch size may grow at most this many times from one batch to the next.
 _MAX_BATCH_GROWTH = 8
 _DEFAULT_MAX_NBYTES = "1M"
@@ -668,17 +671,23 @@ class _AutoBatcher:
         self.fixed = fixed
         self.size = fixed or 1
         self.smoothed_s = 0.0
+        self.task_s = 0.0      # latest measured duration of one task
 
     def next_size(self, n_jobs, remaining=None):
-        """Size of the next batch; ``remaining`` tasks when known."""
+        """Size of the next batch; ``remaining`` tasks when known.  The tail
+        is cut finer only where a batch lasts long enough for a worker left
+        holding it to matter."""
         size = self.size
-        if self.fixed is None and remaining is not None:
+        if self.fixed is None and remaining is not None and \
+                size * self.task_s > _TAIL_SPLIT_MIN_BATCH_S:
             size = min(size, max(1, remaining // (2 * n_jobs)))
         return size
 
     def record(self, size, duration_s):
         """Take a batch's duration into account; returns a message when the
         size changes (printed at verbose >= 10), else None."""
+        if duration_s is not None and size:
+            self.task_s = duration_s / size
         if self.fixed is not None or size != self.size or duration_s is None:
             return None
         old = self.smoothed_s
@@ -3410,7 +3419,7 @@ class _Call:
         self.n_jobs = n_jobs
         self.n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
         self.iterator = iter(iterable)
-        self.lookahead: collections.deque = collections.deque()
+        self.lookahead: list = []
         self.exhausted = False
         import queue
         self.queue = queue.SimpleQueue()
@@ -3508,7 +3517,9 @@ class _Call:
             buffer.extend(more)
         if self.iterator is None:   # the end is in sight: balance the tail
             size = self.batcher.next_size(self.n_jobs, len(buffer))
-        return [buffer.popleft() for _ in range(min(size, len(buffer)))]
+        tasks = buffer[:size]
+        del buffer[:size]
+        return tasks
 
     # -- retrieval -----------------------------------------------------------
     def wait_one(self):
