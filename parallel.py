@@ -811,6 +811,9 @@ def _shm_helper(build=True):
                 module = importlib.import_module(_SHM_HELPER_NAME)
             except ImportError:
                 module = None
+        if module is not None and not hasattr(module.lib,
+                                              "pshm_cas_at_float64"):
+            module = None    # built from an older _shm.c: build afresh
         sources = [os.path.join(here, n) for n in ("_shm.c", "build_shm.py")]
         if module is None and build and not all(map(os.path.exists, sources)):
             _SHM_STATE["error"] = ("not found next to %s or as a top-level "
@@ -823,15 +826,6 @@ def _shm_helper(build=True):
                     module = _import_extension_from(build_shm_helper())
             except (OSError, RuntimeError) as e:
                 _SHM_STATE["error"] = str(e)
-        if module is not None and not hasattr(module.lib,
-                                              "pshm_cas_at_float64"):
-            module = None    # built from an older _shm.c: rebuild below
-            if build and "error" not in _SHM_STATE:
-                try:
-                    module = _import_extension_from(_shm_cache_folder()) or \
-                        _import_extension_from(build_shm_helper())
-                except (OSError, RuntimeError) as e:
-                    _SHM_STATE["error"] = str(e)
         if module is not None and module.lib.pshm_lock_free() != 1:
             _SHM_STATE["error"] = "the C helper's atomics are not lock-free"
             module = None
@@ -841,9 +835,22 @@ def _shm_helper(build=True):
 
 
 def shm_helper_available(build: bool = True) -> bool:
-    """True when the C helper for atomics is importable (after building it
-    on first use when ``build``); without it atomics raise RuntimeError and
-    everything else works.  Also readable as ``parallel.HAS_SHM_HELPER``."""
+    """Whether the C helper for atomics is available; also readable as
+    ``parallel.HAS_SHM_HELPER``.
+
+    Without it atomics raise RuntimeError and everything else works.
+
+    Parameters
+    ----------
+    build : bool, default True
+        Build the helper into the cache folder on first use when it is
+        missing (needs cffi and a C compiler; takes seconds once).
+
+    Returns
+    -------
+    bool
+        True when the helper is loaded.
+    """
     return _shm_helper(build) is not None
 
 
@@ -1313,13 +1320,41 @@ def shared_array(a, temp_folder=None):
     np = _numpy()
     a = np.asarray(a)
     out = shared_empty(a.shape, a.dtype,
-                       "F" if a.flags.f_contiguous and not a.flags.c_contiguous
-                       else "C", temp_folder)
+                       _memory_order(a), temp_folder)
     out[...] = a
     return out
 
 
 # --- automatic memmapping of large arguments (process backends) ----------
+def _memory_order(a):
+    """'F' for an F-contiguous (and not C-contiguous) array, else 'C'."""
+    return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+
+
+def _write_segment(folder, kind, a):
+    """Write array ``a`` (its bytes in memory order; a C copy if it is not
+    contiguous) into a new segment of ``folder``; return the path.  A
+    failure removes the partial file and raises OSError, naming the folder
+    when it is out of room."""
+    np = _numpy()
+    path = _create_segment(folder, kind, a.nbytes)
+    try:
+        flat = a.ravel(order="K") if (a.flags.c_contiguous or
+                                      a.flags.f_contiguous) else \
+            np.ascontiguousarray(a).ravel()
+        with open(path, "r+b") as f:
+            f.write(memoryview(flat.view(np.uint8)))
+    except OSError as e:
+        _remove_path(path)
+        if e.errno in (28, 27, 122):
+            raise _space_error(e, folder, a.nbytes, kind) from e
+        raise
+    except BaseException:
+        _remove_path(path)
+        raise
+    return path
+
+
 class _ArrayReducer:
     """Decides how each numpy array in a task travels to a worker.
 
@@ -1349,34 +1384,14 @@ class _ArrayReducer:
         with self.lock:
             entry = self.dumped.get(id(a))
             if entry is None:
-                path = self._write(a)
+                path = _write_segment(self.folder.get(), "auto", a)
                 entry = self.dumped[id(a)] = (a, path)
-        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous \
-            else "C"
+        order = _memory_order(a)
         mode = "r+" if self.mmap_mode == "w+" else self.mmap_mode
         dtype = a.dtype.str if a.dtype.names is None else a.dtype.descr
         return _rebuild_memmap, (entry[1], dtype, mode, 0, a.shape, None,
                                  order, "memmap")
 
-    def _write(self, a):
-        np = _numpy()
-        folder = self.folder.get()
-        path = _create_segment(folder, "auto", a.nbytes)
-        try:
-            flat = a.ravel(order="K") if (a.flags.c_contiguous or
-                                          a.flags.f_contiguous) else \
-                np.ascontiguousarray(a).ravel()
-            with open(path, "r+b") as f:
-                f.write(memoryview(flat.view(np.uint8)))
-        except OSError as e:
-            _remove_path(path)
-            if e.errno in (28, 27, 122):
-                raise _space_error(e, folder, a.nbytes) from e
-            raise
-        except BaseException:
-            _remove_path(path)
-            raise
-        return path
 
 
 class _ResultReducer:
@@ -1405,22 +1420,11 @@ class _ResultReducer:
                 return None
             return _numpy().asarray(a).__reduce_ex__(pickle.HIGHEST_PROTOCOL)
         try:
-            path = _create_segment(self.folder, "result", a.nbytes)
+            path = _write_segment(self.folder, "result", a)
         except OSError:
             return None   # the call ended, or no room: use the pipe
-        np = _numpy()
-        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous \
-            else "C"
-        flat = a.ravel(order="K") if (a.flags.c_contiguous or
-                                      a.flags.f_contiguous) else \
-            np.ascontiguousarray(a).ravel()
-        try:
-            with open(path, "r+b") as f:
-                f.write(memoryview(flat.view(np.uint8)))
-        except OSError:
-            _remove_path(path)
-            return None
-        return _load_result_segment, (path, a.dtype.str, a.shape, order)
+        return _load_result_segment, (path, a.dtype.str, a.shape,
+                                      _memory_order(a))
 
 
 def _load_result_segment(path, dtype, shape, order):
@@ -2309,8 +2313,7 @@ class _Pool:
         with self.lock:
             client.closed = True
             self.clients.discard(client)
-            self.queue = collections.deque(
-                j for j in self.queue if j[0] is not client)
+            self.cancel(client)
 
     def _spawn(self):
         if self.closed:
@@ -2346,8 +2349,7 @@ class _Pool:
         """Cancel the client's queued batches and kill the workers running
         its batches (they are replaced on demand)."""
         with self.lock:
-            self.queue = collections.deque(
-                j for j in self.queue if j[0] is not client)
+            self.cancel(client)
             for w in self.workers:
                 if w.job is not None and w.job[0] is client and not w.killed:
                     w.killed = True
@@ -2980,9 +2982,22 @@ class DaskBackend(ParallelBackendBase):
     """Runs batches on a dask.distributed cluster through the active
     ``distributed.Client`` (or ``client=`` given to parallel_config).
 
-    n_jobs=-1 means every thread of the cluster.  A task that kills its
-    dask worker fails the call promptly with :class:`TerminatedWorkerError`
-    (chained from dask's ``KilledWorker``) instead of hanging.
+    n_jobs=-1 (the default here) means every thread of the cluster.  A
+    task that kills its dask worker fails the call promptly with
+    :class:`TerminatedWorkerError` (chained from dask's ``KilledWorker``)
+    instead of hanging.  Registered on first use of the name ``'dask'``.
+
+    Parameters
+    ----------
+    nesting_level, inner_max_num_threads
+        As :class:`ParallelBackendBase` (dask manages worker threads itself).
+    client : distributed.Client, optional
+        The client to submit to; default ``distributed.get_client()``.
+
+    Raises
+    ------
+    ValueError
+        When dask.distributed is not installed (at registration).
     """
 
     supports_timeout = True
@@ -4034,8 +4049,7 @@ class _DumpPickler(pickle.Pickler):
         if np is None or not isinstance(obj, np.ndarray) or \
                 obj.dtype.hasobject:
             return None
-        order = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous \
-            else "C"
+        order = _memory_order(obj)
         self.offset = -(-self.offset // _DUMP_ALIGN) * _DUMP_ALIGN
         entry = ("ndarray", obj.dtype.str if obj.dtype.names is None else
                  obj.dtype.descr, obj.shape, order, self.offset)

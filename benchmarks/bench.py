@@ -173,23 +173,28 @@ def _lib(impl):
     return lib
 
 
-def m_tiny_tasks_processes(impl, p):
-    n = p["n"]
-    if impl == "pool":
-        import multiprocessing
-        with multiprocessing.Pool(N_JOBS) as pool:
+def _timed_map(impl, n, **options):
+    """Seconds for ``n`` calls of abs on a warm pool of ``impl``: the
+    stdlib pools' map, or Parallel(**options) of parallel/joblib."""
+    if impl in ("pool", "threadpool"):
+        from multiprocessing.pool import Pool, ThreadPool
+        with (Pool if impl == "pool" else ThreadPool)(N_JOBS) as pool:
             pool.map(abs, range(2))
             t = time.perf_counter()
             out = pool.map(abs, range(n))
             dt = time.perf_counter() - t
     else:
         lib = _lib(impl)
-        lib.Parallel(n_jobs=N_JOBS, batch_size="auto")(lib.delayed(abs)(i) for i in range(2))
+        lib.Parallel(n_jobs=N_JOBS, **options)(lib.delayed(abs)(i) for i in range(2))
         t = time.perf_counter()
-        out = lib.Parallel(n_jobs=N_JOBS, batch_size="auto")(lib.delayed(abs)(i) for i in range(n))
+        out = lib.Parallel(n_jobs=N_JOBS, **options)(lib.delayed(abs)(i) for i in range(n))
         dt = time.perf_counter() - t
     assert len(out) == n and out[-1] == n - 1
-    return {"time": dt}
+    return dt
+
+
+def m_tiny_tasks_processes(impl, p):
+    return {"time": _timed_map(impl, p["n"], batch_size="auto")}
 
 
 def m_cpu_tasks(impl, p):
@@ -298,24 +303,13 @@ def m_large_input(impl, p):
 
 def m_threads_tiny(impl, p):
     n = p["n"]
-    if impl == "threadpool":
-        from multiprocessing.pool import ThreadPool
-        with ThreadPool(N_JOBS) as pool:
-            pool.map(abs, range(2))
-            t = time.perf_counter()
-            out = pool.map(abs, range(n))
-            dt = time.perf_counter() - t
-    elif impl == "sequential":
+    if impl == "sequential":
         t = time.perf_counter()
         out = [abs(i) for i in range(n)]
         dt = time.perf_counter() - t
+        assert len(out) == n
     else:
-        lib = _lib(impl)
-        lib.Parallel(n_jobs=N_JOBS, prefer="threads")(lib.delayed(abs)(i) for i in range(2))
-        t = time.perf_counter()
-        out = lib.Parallel(n_jobs=N_JOBS, prefer="threads")(lib.delayed(abs)(i) for i in range(n))
-        dt = time.perf_counter() - t
-    assert len(out) == n
+        dt = _timed_map(impl, n, prefer="threads")
     return {"time": dt, "per_task_us": dt / n * 1e6}
 
 
