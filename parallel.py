@@ -2217,27 +2217,32 @@ def _first_unpicklable(results):
 
 
 def _start_process(ctx, target, args):
-    """Start a worker process that does not re-run the caller's __main__.
+    """Start ``target(conn, *args)`` in a worker process that does not re-run
+    the caller's __main__; return (process, the caller's end of conn).
 
     spawn and forkserver re-import the main module in every child (and crash
     on scripts read from standard input, or respawn forever without a main
     guard).  During ``start()`` the main module is replaced by an empty one,
     so the child has nothing to re-import; tasks bring what they need.
     """
-    process = ctx.Process(target=target, args=args, name="parallel-worker")
-    # One start at a time: two concurrent forks would each inherit the
-    # other's sentinel pipe and hide its death.
+    # One start at a time, the worker's pipe made in the same critical
+    # section: a concurrent fork would inherit the other worker's pipe and
+    # sentinel and hide its death.
     with _START_LOCK:
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        process = ctx.Process(target=target, args=(child_conn,) + args,
+                              name="parallel-worker")
         if ctx.get_start_method() == "fork":
             process.start()
-            return process
-        main = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            process.start()
-        finally:
-            sys.modules["__main__"] = main
-    return process
+        else:
+            main = sys.modules.get("__main__")
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            try:
+                process.start()
+            finally:
+                sys.modules["__main__"] = main
+        child_conn.close()
+    return process, parent_conn
 
 
 class _Client:
@@ -2318,11 +2323,9 @@ class _Pool:
     def _spawn(self):
         if self.closed:
             return
-        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        process = _start_process(self.ctx, _worker_main, (
-            child_conn, self.env, self.initializer, self.initargs,
-            os.getpid()))
-        child_conn.close()
+        process, parent_conn = _start_process(
+            self.ctx, _worker_main,
+            (self.env, self.initializer, self.initargs, os.getpid()))
         with self.lock:
             if not self.closed:
                 self.workers.append(_PoolWorker(process, parent_conn))

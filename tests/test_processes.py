@@ -641,6 +641,10 @@ threads = [threading.Thread(target=run, args=(b,), daemon=True)
 for t in threads: t.start()
 for t in threads: t.join(30)
 print("hung threads:", sum(t.is_alive() for t in threads), flush=True)
+if any(t.is_alive() for t in threads):      # say where, for the report
+    import faulthandler, sys
+    faulthandler.dump_traceback(file=sys.stdout, all_threads=True)
+    os.system("ps -o pid,ppid,stat,wchan:24,args --ppid %d" % os.getpid())
 os._exit(0)
 """
 
