@@ -538,6 +538,7 @@ _ACTIVE_CONFIG: contextvars.ContextVar[Optional[dict]] = \
 # stays unique while the entry lives.
 _DELAYED_CACHE: dict = {}
 _DELAYED_CACHE_SIZE = 64
+_PULL_CHUNK = 256           # tasks read from the input at a time
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -582,21 +583,31 @@ def delayed(function: Callable[_P, _R]) -> Callable[_P, DelayedCall[_R]]:
     return delayed_function
 
 
+_FIRST, _SECOND, _THIRD = (operator.itemgetter(0), operator.itemgetter(1),
+                          operator.itemgetter(2))
+
+
 class _Batch:
     """Tasks run together in one worker call, under a nested configuration.
 
-    Only ``tasks`` and ``config`` travel to workers; the other attributes
-    are the caller's bookkeeping.  Calling the batch runs the tasks in order
-    and returns their results as a list; the first exception propagates.
+    ``tasks`` holds (function, args, kwargs) triples or, when ``func`` is
+    set, the argument tuples of ``func`` called without keywords (the usual
+    ``delayed(f)(x) for x in data`` batch, which pickles and runs several
+    times faster that way).  Only the tasks and ``config`` travel to
+    workers; the other attributes are the caller's bookkeeping.  Calling
+    the batch runs the tasks in order and returns their results as a list;
+    the first exception propagates.
     """
 
-    __slots__ = ("tasks", "config", "index", "start", "future", "done",
-                 "results", "duration_s", "task_started_s",
+    __slots__ = ("tasks", "func", "size", "config", "index", "start",
+                 "future", "done", "results", "duration_s", "task_started_s",
                  "track_starts", "submitted_s", "result_folder", "running",
                  "__weakref__")
 
-    def __init__(self, tasks, config, index=0, start=0):
+    def __init__(self, tasks, config, index=0, start=0, func=None):
         self.tasks = tasks
+        self.func = func
+        self.size = len(tasks)
         self.config = config
         self.index = index          # batch number within the call
         self.start = start          # index of the first task within the call
@@ -611,36 +622,49 @@ class _Batch:
         self.running = 0            # index in the batch of the running task
 
     def __len__(self):
-        return len(self.tasks)
+        return self.size
+
+    def triples(self):
+        """The tasks as (function, args, kwargs) triples."""
+        if self.func is None:
+            return self.tasks
+        return [(self.func, args, {}) for args in self.tasks]
+
+    def function(self, i=0):
+        """The function of task ``i`` of the batch."""
+        return self.func if self.func is not None else self.tasks[i][0]
 
     def __reduce__(self):
-        # The usual batch calls one function without keywords: sending the
-        # function once and the argument tuples as a list pickles and loads
-        # several times faster than a list of (function, args, {}) triples.
-        tasks = self.tasks
-        func = tasks[0][0] if tasks else None
-        if tasks and all(t[0] is func and not t[2] for t in tasks):
-            return _rebuild_batch, (func, [t[1] for t in tasks], self.config,
-                                    self.result_folder, self.start)
-        return _rebuild_batch, (None, tasks, self.config, self.result_folder,
-                                self.start)
+        if self.func is None:   # a thread backend's batch (e.g. for dask)
+            self.func = _common_function(self.tasks)
+            if self.func is not None:
+                self.tasks = list(map(_SECOND, self.tasks))
+        return _rebuild_batch, (self.func, self.tasks, self.config,
+                                self.result_folder, self.start)
 
     def __call__(self, on_task_start=None):
         token = _ACTIVE_CONFIG.set(self.config)
         t0 = time.perf_counter()
         try:
-            results = []
-            append = results.append
+            func = self.func
             if on_task_start is None and not self.track_starts:
+                if func is not None:
+                    return list(itertools.starmap(func, self.tasks))
+                results = []
+                append = results.append
                 for func, args, kwargs in self.tasks:
                     append(func(*args, **kwargs))
-            else:
-                for i, (func, args, kwargs) in enumerate(self.tasks):
-                    self.task_started_s = time.monotonic()
-                    self.running = i
-                    if on_task_start is not None:
-                        on_task_start(i)
-                    append(func(*args, **kwargs))
+                return results
+            results = []
+            for i, task in enumerate(self.tasks):
+                self.task_started_s = time.monotonic()
+                self.running = i
+                if on_task_start is not None:
+                    on_task_start(i)
+                if func is not None:
+                    results.append(func(*task))
+                else:
+                    results.append(task[0](*task[1], **task[2]))
             return results
         finally:
             self.duration_s = time.perf_counter() - t0
@@ -650,10 +674,83 @@ class _Batch:
 def _rebuild_batch(func, items, config, result_folder, start):
     """Unpickle a batch: ``items`` are (function, args, kwargs) triples, or
     the argument tuples of one ``func`` called without keywords."""
-    batch = _Batch(items if func is None else
-                   [(func, args, {}) for args in items], config, start=start)
+    batch = _Batch(items, config, start=start, func=func)
     batch.result_folder = result_folder
     return batch
+
+
+class _TaskBuffer:
+    """Tasks read from the input and not yet in a batch, kept compact.
+
+    Tasks are read ``_PULL_CHUNK`` at a time; a chunk whose tasks all call
+    one function without keywords is kept as argument tuples only, so the
+    ``(f, args, kwargs)`` triples die young instead of piling up for the
+    garbage collector.  Every task is checked to be such a triple.
+    """
+
+    def __init__(self, iterator):
+        self.iterator = iterator    # None once used up
+        self.func = None            # common function of ``items``, or None
+        self.items: list = []       # argument tuples, or triples
+        self.n_read = 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def read(self, n):
+        """Read up to ``n`` more tasks (fewer at the end of the input)."""
+        while n > 0 and self.iterator is not None:
+            k = min(n, _PULL_CHUNK)
+            chunk = list(itertools.islice(self.iterator, k))
+            if len(chunk) < k:
+                self.iterator = None
+            n -= len(chunk)
+            self._add(chunk)
+
+    def _add(self, chunk):
+        if not chunk:
+            return
+        func = _common_function(chunk)
+        if func is not None and (self.func is func or not self.items):
+            self.func = func
+            self.items.extend(map(_SECOND, chunk))
+        else:
+            for i, task in enumerate(chunk):
+                if not (isinstance(task, tuple) and len(task) == 3
+                        and callable(task[0])):
+                    raise TypeError(
+                        "Parallel expects delayed calls, e.g. Parallel()("
+                        "delayed(f)(x) for x in data), i.e. (function, args, "
+                        "kwargs) triples; task %d is %r"
+                        % (self.n_read + i, task))
+            if self.func is not None:
+                self.items = [(self.func, args, {}) for args in self.items]
+                self.func = None
+            self.items.extend(chunk)
+        self.n_read += len(chunk)
+
+    def take(self, n):
+        """The first ``n`` buffered tasks, as ``(func, items)``."""
+        items, func = self.items[:n], self.func
+        del self.items[:n]
+        if not self.items:
+            self.func = None
+        return func, items
+
+
+def _common_function(tasks):
+    """The function every task of ``tasks`` calls without keywords (one
+    object, by identity), else None; C-speed checks only."""
+    try:
+        func = tasks[0][0]
+        if callable(func) and isinstance(tasks[0], tuple) and \
+                all(map(operator.is_, map(_FIRST, tasks),
+                        itertools.repeat(func))) and \
+                set(map(len, tasks)) == {3} and not any(map(_THIRD, tasks)):
+            return func
+    except (TypeError, IndexError, KeyError):
+        pass
+    return None
 
 
 class _AutoBatcher:
@@ -2183,7 +2280,8 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
                             "their modules importable there"
                             % (type(e).__name__, e))
         elif batch.tasks:
-            args = [a for _, a_, kw in batch.tasks for a in (*a_, *kw.values())]
+            args = [a for _, a_, kw in batch.triples()
+                    for a in (*a_, *kw.values())]
             e = _read_only_hint(e, args)
         packed = _pack_exception(e)
         _worker_send(conn, _MSG_ERROR, batch_id, pickle.dumps(packed))
@@ -2193,7 +2291,7 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
                       _ResultReducer(batch.result_folder))
     except Exception as e:
         index = _first_unpicklable(results)
-        func = batch.tasks[index][0] if index is not None else None
+        func = batch.function(index) if index is not None else None
         err = WorkerError(
             "the result of task %s (%s) could not be pickled to send it back "
             "to the caller: %s: %s" % (
@@ -2924,8 +3022,11 @@ class LokyBackend(ParallelBackendBase):
                 "could not pickle the task to send it to the workers: batch "
                 "of tasks %d..%d, calling %s (%s: %s)" % (
                     batch.start, batch.start + len(batch) - 1,
-                    getattr(batch.tasks[0][0], "__qualname__",
-                            batch.tasks[0][0]), type(e).__name__, e)) from e
+                    getattr(batch.function(), "__qualname__",
+                            batch.function()), type(e).__name__, e)) from e
+        # The payload holds the tasks: drop them so that they die young
+        # (a full garbage collection costs more than the whole dispatch).
+        batch.tasks = ()
         self._pool.submit(self._client, batch, payload,
                           lambda kind, data: callback((kind, data)))
         return None
@@ -3032,7 +3133,7 @@ class DaskBackend(ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     def submit(self, batch, callback):
-        func = batch.tasks[0][0]
+        func = batch.function()
         key = "parallel-batch-%s-%s" % (
             getattr(func, "__name__", type(func).__name__), os.urandom(8).hex())
         future = self.client.submit(batch, pure=False, key=key)
@@ -3436,8 +3537,7 @@ class _Call:
         self.backend = backend
         self.n_jobs = n_jobs
         self.n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
-        self.iterator = iter(iterable)
-        self.lookahead: list = []
+        self.buffer = _TaskBuffer(iter(iterable))
         self.exhausted = False
         import queue
         self.queue = queue.SimpleQueue()
@@ -3492,19 +3592,12 @@ class _Call:
             remaining = None if self.n_tasks is None else \
                 self.n_tasks - self.n_pulled
             size = self.batcher.next_size(self.n_jobs, remaining)
-            tasks = self._take(size)
+            func, tasks = self._take(size)
             if not tasks:
                 self.exhausted = True
                 break
-            first = tasks[0]
-            if not (isinstance(first, tuple) and len(first) == 3
-                    and callable(first[0])):
-                raise TypeError(
-                    "Parallel expects delayed calls, e.g. Parallel()(delayed(f)"
-                    "(x) for x in data), i.e. (function, args, kwargs) "
-                    "triples; task %d is %r" % (self.n_pulled, first))
             batch = _Batch(tasks, self.nested_config, self.n_batches,
-                           self.n_pulled)
+                           self.n_pulled, func)
             batch.track_starts = self.track_starts
             self.n_pulled += len(tasks)
             self.n_batches += 1
@@ -3515,29 +3608,19 @@ class _Call:
                 batch, lambda out, b=batch: q.put((b, out)))
 
     def _take(self, size):
-        """Up to ``size`` tasks ([] once the input is used up).  For an
-        input of unknown length, read ``size * n_jobs`` tasks ahead (as
-        joblib does) so that the end of the input is seen early enough to
-        shrink the last batches."""
+        """Up to ``size`` tasks as ``(func, tasks)`` (see :class:`_Batch`;
+        no tasks once the input is used up).  For an input of unknown
+        length, read ``size * n_jobs`` tasks ahead (as joblib does) so that
+        the end of the input is seen early enough to shrink the last
+        batches."""
+        buffer = self.buffer
         if self.n_tasks is not None:
-            if self.iterator is None:
-                return []
-            tasks = list(itertools.islice(self.iterator, size))
-            if len(tasks) < size:
-                self.iterator = None
-            return tasks
-        buffer = self.lookahead
-        want = size * self.n_jobs - len(buffer)
-        if self.iterator is not None and want > 0:
-            more = list(itertools.islice(self.iterator, want))
-            if len(more) < want:
-                self.iterator = None
-            buffer.extend(more)
-        if self.iterator is None:   # the end is in sight: balance the tail
-            size = self.batcher.next_size(self.n_jobs, len(buffer))
-        tasks = buffer[:size]
-        del buffer[:size]
-        return tasks
+            buffer.read(size - len(buffer))
+        else:
+            buffer.read(size * self.n_jobs - len(buffer))
+            if buffer.iterator is None:   # the end is in sight: balance it
+                size = self.batcher.next_size(self.n_jobs, len(buffer))
+        return buffer.take(size)
 
     # -- retrieval -----------------------------------------------------------
     def wait_one(self):
@@ -3693,7 +3776,7 @@ class _Call:
         if not self.active:
             return
         self.active = False
-        self.iterator = None
+        self.buffer = _TaskBuffer(None)   # drop what was read ahead
         if self.close_report is not None:
             self.close_report()
         try:

@@ -621,6 +621,104 @@ def test_items_that_are_not_delayed_calls_get_a_clear_error():
         Parallel(n_jobs=2)([square, square])
 
 
+
+def _add(a, b=0):
+    return a + b
+
+
+class _EqualToEverything:
+    """A callable that compares equal to any object: batches must group
+    tasks by the identity of their function, never by ==."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x):
+        return self.k * 1000 + x
+
+    def __eq__(self, other):
+        return True
+
+    __hash__ = object.__hash__
+
+
+def _mixed_tasks(n):
+    """Runs of one function, switching function and keywords across the
+    boundaries of the 256-task reads, with hand-made triples."""
+    ones = [_EqualToEverything(k) for k in range(3)]
+    for i in range(n):
+        if i % 700 < 500:
+            yield delayed(abs)(-i)
+        elif i % 700 < 600:
+            yield delayed(_add)(i, b=1)
+        elif i % 700 < 650:
+            yield (ones[i % 3], (i,), {})
+        else:
+            yield (divmod, (i, 7), {})
+
+
+def _mixed_expected(n):
+    out = []
+    for i in range(n):
+        if i % 700 < 500:
+            out.append(i)
+        elif i % 700 < 600:
+            out.append(i + 1)
+        elif i % 700 < 650:
+            out.append((i % 3) * 1000 + i)
+        else:
+            out.append(divmod(i, 7))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading", "sequential"])
+@pytest.mark.parametrize("known_length", [False, True])
+def test_long_mixed_inputs_give_every_result_in_order(backend, known_length):
+    n = 5000
+    tasks = _mixed_tasks(n)
+    if known_length:
+        tasks = list(tasks)
+    for batch_size in ("auto", 300):
+        out = Parallel(n_jobs=2, backend=backend, batch_size=batch_size)(tasks)
+        assert out == _mixed_expected(n)
+        tasks = _mixed_tasks(n) if not known_length else tasks
+
+
+@pytest.mark.parametrize("bad", [
+    "not a triple", (abs, (1,), {}, "extra"), (abs, (1,)), 42,
+    ("abs", (1,), {})])
+@pytest.mark.parametrize("at", [0, 255, 256, 1000])
+def test_a_bad_task_anywhere_names_its_index(bad, at):
+    def tasks():
+        for i in range(1500):
+            yield bad if i == at else delayed(abs)(i)
+    with pytest.raises(TypeError, match="task %d is" % at):
+        Parallel(n_jobs=2)(tasks())
+
+
+def test_caller_drops_tasks_once_they_are_sent():
+    """Tasks sent to process workers are not kept by the caller, so a long
+    generator's arguments do not pile up in the caller's memory."""
+    import weakref
+    alive = weakref.WeakSet()
+    peak = [0]
+
+    class Payload(bytearray):
+        __hash__ = object.__hash__
+
+    def tasks():
+        for i in range(3000):
+            data = Payload(1000)
+            alive.add(data)
+            peak[0] = max(peak[0], len(alive))
+            yield delayed(len)(data)
+    out = Parallel(n_jobs=2, batch_size=50, pre_dispatch="16 * n_jobs")(
+        tasks())
+    assert out == [1000] * 3000
+    # at most the 256-task read in progress plus what waits for dispatch
+    assert peak[0] <= 256 + 50 * 2 + 1
+
+
 NESTED_FORK_SCRIPT = r"""
 from parallel import Parallel, delayed
 def inner(x):
