@@ -115,8 +115,8 @@ _MIN_IDEAL_BATCH_DURATION_S = 0.2
 _MAX_IDEAL_BATCH_DURATION_S = 2.0
 _THREAD_MIN_IDEAL_BATCH_DURATION_S = 0.002
 _THREAD_MAX_IDEAL_BATCH_DURATION_S = 0.05
-# Near the end of the input, batches lasting longer than this are split
-# so that no worker is left holding the tail.
+# Near the end of the input, batches are split so that no worker is left
+# holding the tail, but not into batches lasting less than this.
 _TAIL_SPLIT_MIN_BATCH_S = 0.001
 # A batch size may grow at most this many times from one batch to the next.
 _MAX_BATCH_GROWTH = 8
@@ -772,12 +772,13 @@ class _AutoBatcher:
 
     def next_size(self, n_jobs, remaining=None):
         """Size of the next batch; ``remaining`` tasks when known.  The tail
-        is cut finer only where a batch lasts long enough for a worker left
-        holding it to matter."""
+        is cut finer, but never into batches shorter than
+        ``_TAIL_SPLIT_MIN_BATCH_S``, where the cost of a batch would
+        outweigh a worker left holding the tail."""
         size = self.size
-        if self.fixed is None and remaining is not None and \
-                size * self.task_s > _TAIL_SPLIT_MIN_BATCH_S:
-            size = min(size, max(1, remaining // (2 * n_jobs)))
+        if self.fixed is None and remaining is not None and self.task_s > 0:
+            floor = max(1, round(_TAIL_SPLIT_MIN_BATCH_S / self.task_s))
+            size = min(size, max(floor, remaining // (2 * n_jobs)))
         return size
 
     def record(self, size, duration_s):

@@ -618,6 +618,23 @@ def test_auto_batching_many_tiny_tasks_on_threads():
     assert out == [i + 1 for i in range(10_000)]
 
 
+
+def test_auto_batch_tail_is_split_but_not_below_a_millisecond():
+    batcher = parallel._AutoBatcher(min_s=0.2, max_s=2.0)
+    batcher.record(1, 0.01)           # 10 ms tasks: grows to 8 per batch
+    assert batcher.next_size(2) == 8
+    assert batcher.next_size(2, remaining=1000) == 8
+    assert batcher.next_size(2, remaining=12) == 3   # 12 left, 2 workers
+    assert batcher.next_size(2, remaining=2) == 1
+    tiny = parallel._AutoBatcher(min_s=0.2, max_s=2.0)
+    for size in (1, 8, 64, 512, 4096):
+        tiny.record(size, size * 1e-7)     # 0.1 us tasks
+    assert tiny.next_size(2) == 32768
+    # splitting 20,000 tasks four ways would make 0.5 ms batches
+    assert tiny.next_size(2, remaining=20_000) == 10_000
+    assert tiny.next_size(2, remaining=10**6) == 32768
+
+
 # --- side by side with joblib ------------------------------------------------
 def _verbose_lines(module, n_jobs, verbose, n, as_generator):
     import contextlib
