@@ -1579,7 +1579,7 @@ _TARGETS: dict = {}   # id(array) -> (weakref, info) for validated targets
 
 class _Target:
     __slots__ = ("ptr", "code", "size", "shape", "order", "type", "fns",
-                 "lib", "ffi", "flat", "fast_types", "dtype")
+                 "lib", "ffi", "flat", "fast_types", "dtype", "flags")
 
 
 def _atomic_target(a, name):
@@ -1591,7 +1591,8 @@ def _atomic_target(a, name):
     entry = _TARGETS.get(id(a))
     if entry is not None and entry[0]() is a:
         t = entry[1]
-        if a.flags.writeable and a.shape == t.shape and a.dtype is t.dtype:
+        if a.flags.num == t.flags and a.shape == t.shape and \
+                a.dtype is t.dtype:
             return t
     np = _numpy()
     if not isinstance(a, np.ndarray):
@@ -1630,6 +1631,7 @@ def _atomic_target(a, name):
     t.dtype = a.dtype
     t.fast_types = (float, int) if t.code >= 4 else (int,)
     t.order = "C" if flags.c_contiguous else "F"
+    t.flags = flags.num     # writeable, aligned, contiguous: all as checked
     t.type = dtype.type
     t.fns = (getattr(lib, "pshm_fetch_add_at_" + suffix),
              getattr(lib, "pshm_fetch_max_at_" + suffix),
@@ -1637,7 +1639,10 @@ def _atomic_target(a, name):
              getattr(lib, "pshm_cas_at_" + suffix))
     t.lib, t.ffi = lib, ffi
     key = id(a)
-    _TARGETS[key] = (weakref.ref(a, lambda _, k=key: _TARGETS.pop(k, None)), t)
+    # What the fast path of atomic_add & co. reads, in one tuple unpack.
+    _TARGETS[key] = (weakref.ref(a, lambda _, k=key: _TARGETS.pop(k, None)),
+                     t, t.size, t.dtype, t.fast_types if t.flat else (),
+                     t.shape, t.flags, t.ptr, t.fns)
     return t
 
 
@@ -1757,20 +1762,22 @@ def _make_rmw(op, name):
 
     Its first lines are the fast path (a validated 1-d target, an int index,
     a Python scalar), kept in the function itself: a second Python call
-    would cost as much as the atomic operation.  The size check catches a
-    reallocation by ndarray.resize.
+    would cost as much as the atomic operation.  It re-checks what can
+    change in place (dtype, shape, and in ``flags.num`` the writeable flag
+    and the contiguity that strides give); the data
+    cannot move, since numpy refuses to resize an array with a weak
+    reference (our cache holds one).
     """
     def rmw(a, index, value):
         entry = _TARGETS.get(id(a))
-        if entry is not None and index.__class__ is int and entry[0]() is a:
-            t = entry[1]
-            n = t.size
-            if t.flat and value.__class__ in t.fast_types and \
-                    a.flags.writeable and a.size == n and \
-                    a.dtype is t.dtype and -n <= index < n:
+        if entry is not None and index.__class__ is int:
+            ref, t, n, dtype, fast_types, shape, flags, ptr, fns = entry
+            if value.__class__ in fast_types and -n <= index < n and \
+                    ref() is a and a.dtype is dtype and a.shape == shape \
+                    and a.flags.num == flags:
                 try:
-                    return t.fns[op](t.ptr, index if index >= 0 else
-                                     index + n, value)
+                    return fns[op](ptr, index if index >= 0 else index + n,
+                                   value)
                 except OverflowError:
                     raise OverflowError("%s: value %r does not fit in %s" % (
                         name, value, t.type.__name__)) from None
@@ -1890,7 +1897,9 @@ class AtomicView:
 
     Validates the array once; each call then does one bounds check and one
     C call.  Indices are flat offsets in memory order; values and results
-    are Python scalars.
+    are Python scalars.  The view keeps the array (and so its memory)
+    alive; changes made to the array in place afterwards (its dtype, shape,
+    strides or writeable flag) are not seen: make a new view.
 
     Parameters
     ----------

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -576,6 +577,33 @@ def test_atomics_revalidate_after_dtype_change():
     a.dtype = np.float64
     atomic_add(a, 1, 1)
     assert a[1] == 1.0
+
+
+@pytest.mark.parametrize("op", ["atomic_add", "atomic_max", "atomic_min"])
+def test_atomics_revalidate_after_in_place_changes(op):
+    """The fast path of repeated calls notices every in-place change of the
+    array made after its first use."""
+    fn = getattr(parallel, op)
+    a = np.zeros(4, np.int64)
+    fn(a, 0, 1)
+    a.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fn(a, 0, 1)
+    a.flags.writeable = True
+    a.shape = (2, 2)
+    with pytest.raises(IndexError, match="tuple"):
+        fn(a, 3, 1)
+    fn(a, (1, 1), 7)
+    assert a[1, 1] == (7 if op != "atomic_min" else 0)
+    a.shape = (4,)
+    fn(a, 3, 1)
+    with warnings.catch_warnings():     # deprecated since numpy 2.4
+        warnings.simplefilter("ignore", DeprecationWarning)
+        a.strides = (0,)                    # every element aliases a[0]
+    with pytest.raises(ValueError, match="contiguous"):
+        fn(a, 3, 1)
+    with pytest.raises(ValueError, match="resize"):
+        a.resize(1000)     # numpy refuses: the data never moves under us
 
 
 def test_atomics_numpy_integer_index_is_scalar_and_bool_is_refused():
