@@ -456,6 +456,7 @@ def _parse_nbytes(value, name="max_nbytes"):
                      "'10G', '500M', '50K', or None (got %r)" % (name, value))
 
 
+@functools.lru_cache(maxsize=64)
 def _eval_pre_dispatch(expression, n_jobs):
     """Value of a pre_dispatch expression such as '2 * n_jobs'.
 
@@ -3001,15 +3002,11 @@ class LokyBackend(ParallelBackendBase):
 
     def _worker_env(self, n_jobs):
         limit = self.inner_max_num_threads
-        env = {}
-        for name in _THREAD_LIMIT_VARIABLES:
-            if limit is not None:
-                env[name] = str(limit)
-            elif name in os.environ:
-                env[name] = os.environ[name]
-            else:
-                env[name] = str(max(cpu_count() // n_jobs, 1))
-        return env
+        default = str(limit if limit is not None else
+                      max(cpu_count() // n_jobs, 1))
+        return {name: os.environ[name] if limit is None and
+                name in os.environ else default
+                for name in _THREAD_LIMIT_VARIABLES}
 
     def start_call(self):
         self._folder = _CallFolder(self._temp_root)
