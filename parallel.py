@@ -2444,12 +2444,19 @@ class _Pool:
         parent_conn.close()
 
     def submit(self, client, batch, payload, callback):
-        """Queue a pickled batch; ``callback(kind, data)`` reports its end."""
+        """Queue a pickled batch; ``callback(kind, data)`` reports its end.
+
+        An idle worker gets the batch at once from the caller's thread (the
+        manager thread already waits on every worker's answer); the manager
+        is woken only when workers must be started.
+        """
         with self.lock:
             if self.closed:
                 raise RuntimeError("the worker pool has been shut down")
             self.queue.append((client, batch, payload, callback))
-        self._wake()
+            to_spawn = self._assign()
+        if to_spawn:
+            self._wake()
 
     def cancel(self, client):
         """Drop the client's queued batches; running ones go on."""
@@ -2492,8 +2499,8 @@ class _Pool:
 
     # -- manager thread ------------------------------------------------------
     def _assign(self):
-        """Give queued batches to idle workers (lock held).  Returns the
-        number of workers to spawn."""
+        """Give queued batches to idle workers (lock held; from the manager
+        thread or a caller's).  Returns the number of workers to spawn."""
         idle = [w for w in self.workers
                 if w.job is None and not w.killed and not w.retiring]
         kept = collections.deque()
@@ -2622,7 +2629,6 @@ class _Pool:
             client.running -= 1
         if not client.closed:
             callback(kind, data[9:])
-        self._wake()
 
     def _reap(self, w):
         """A worker's sentinel fired: remove it; report a crash if it held a
