@@ -536,9 +536,11 @@ _ACTIVE_CONFIG: contextvars.ContextVar[Optional[dict]] = \
     contextvars.ContextVar("parallel_config", default=None)
 
 # id(function) -> (function, wrapper); the function is held so that its id
-# stays unique while the entry lives.
-_DELAYED_CACHE: dict = {}
+# stays unique while the entry lives.  The latest entry is also kept apart:
+# one identity test serves a loop over one function.
+_DELAYED_CACHE: Dict[int, Any] = {}
 _DELAYED_CACHE_SIZE = 64
+_DELAYED_LAST: tuple = (None, None)
 _PULL_CHUNK = 256           # tasks read from the input at a time
 
 _P = ParamSpec("_P")
@@ -566,9 +568,14 @@ def delayed(function: Callable[_P, _R]) -> Callable[_P, DelayedCall[_R]]:
     """
     # `delayed(f)(x) for x in data` calls delayed once per task: the wrapper
     # of a recent function is reused (keyed by identity, never by ==).
-    entry = _DELAYED_CACHE.get(id(function))
-    if entry is not None and entry[0] is function:
+    global _DELAYED_LAST
+    entry = _DELAYED_LAST
+    if entry[0] is function:
         return entry[1]
+    cached = _DELAYED_CACHE.get(id(function))
+    if cached is not None and cached[0] is function:
+        _DELAYED_LAST = cached
+        return cached[1]
 
     def delayed_function(*args: _P.args, **kwargs: _P.kwargs) -> DelayedCall[_R]:
         return function, args, kwargs
@@ -580,7 +587,7 @@ def delayed(function: Callable[_P, _R]) -> Callable[_P, DelayedCall[_R]]:
     delayed_function.__wrapped__ = function  # type: ignore[attr-defined]
     if len(_DELAYED_CACHE) >= _DELAYED_CACHE_SIZE:
         _DELAYED_CACHE.clear()
-    _DELAYED_CACHE[id(function)] = (function, delayed_function)
+    _DELAYED_LAST = _DELAYED_CACHE[id(function)] = (function, delayed_function)
     return delayed_function
 
 
