@@ -25,7 +25,8 @@
  * The *_at_* entry points apply one operation at base + i (one call from
  * Python instead of a pointer addition and a call).
  * The scatter entry points apply one operation per (index[i], values[i])
- * pair, in order; index holds element offsets from base, not byte offsets.
+ * pair, in order (pshm_scatter_scalar: one value, *value, for every
+ * index); index holds element offsets from base, not byte offsets.
  * Duplicate indices are allowed and every update lands.
  *
  * Segments.  System calls return 0 (or a file descriptor) on success and -1
@@ -253,10 +254,10 @@ PSHM_DEFINE_PRIMITIVES(64)
 #define PSHM_DEFINE_SCATTER(T, SUF)                                            \
     static void pshm_scatter_##SUF(T (*rmw)(T *, T), T *base,                  \
                                    const int64_t *index, const T *values,      \
-                                   T *previous, uint64_t n)                    \
+                                   uint64_t step, T *previous, uint64_t n)     \
     {                                                                          \
         for (uint64_t i = 0; i < n; i++) {                                     \
-            T old = rmw(base + index[i], values[i]);                           \
+            T old = rmw(base + index[i], values[i * step]);                    \
             if (previous != NULL)                                              \
                 previous[i] = old;                                             \
         }                                                                      \
@@ -329,13 +330,15 @@ PSHM_DEFINE_FLOAT_TYPE(double, float64, 64)
         T (*rmw)(T *, T) = op == PSHM_ADD ? pshm_fetch_add_##SUF               \
                          : op == PSHM_MAX ? pshm_fetch_max_##SUF               \
                          : pshm_fetch_min_##SUF;                               \
-        pshm_scatter_##SUF(rmw, (T *)base, index, (const T *)values,           \
+        pshm_scatter_##SUF(rmw, (T *)base, index, (const T *)values, step,     \
                            (T *)previous, n);                                  \
         return 0;                                                              \
     }
 
-int pshm_scatter(int op, int dtype, void *base, const int64_t *index,
-                 const void *values, void *previous, uint64_t n)
+/* values[i * step]: step 1 for one value per index, 0 for one for all. */
+static int pshm_scatter_step(int op, int dtype, void *base,
+                             const int64_t *index, const void *values,
+                             uint64_t step, void *previous, uint64_t n)
 {
     if (op != PSHM_ADD && op != PSHM_MAX && op != PSHM_MIN) {
         errno = EINVAL;
@@ -352,6 +355,18 @@ int pshm_scatter(int op, int dtype, void *base, const int64_t *index,
         errno = EINVAL;
         return -1;
     }
+}
+
+int pshm_scatter(int op, int dtype, void *base, const int64_t *index,
+                 const void *values, void *previous, uint64_t n)
+{
+    return pshm_scatter_step(op, dtype, base, index, values, 1, previous, n);
+}
+
+int pshm_scatter_scalar(int op, int dtype, void *base, const int64_t *index,
+                        const void *value, void *previous, uint64_t n)
+{
+    return pshm_scatter_step(op, dtype, base, index, value, 0, previous, n);
 }
 
 #define PSHM_SCATTER_CAS_CASE(DTYPE, T, SUF)                                   \

@@ -119,6 +119,8 @@ double pshm_cas_at_float64(double *base, int64_t i, double expected, double desi
 
 int pshm_scatter(int op, int dtype, void *base, const int64_t *index,
                  const void *values, void *previous, uint64_t n);
+int pshm_scatter_scalar(int op, int dtype, void *base, const int64_t *index,
+                        const void *value, void *previous, uint64_t n);
 int pshm_scatter_cas(int dtype, void *base, const int64_t *index,
                      const void *expected, const void *desired, void *found,
                      uint64_t n);

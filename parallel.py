@@ -1714,12 +1714,14 @@ def _flat_array_index(t, index, name):
         if i.dtype.kind not in "iu" and not (i.size == 0):
             raise IndexError("%s: indices must be integers (got dtype %s)"
                              % (name, i.dtype))
-        i = i.astype(np.int64, copy=True)
-        i[i < 0] += n
-        if i.size and (i.min() < 0 or i.max() >= n):
-            raise IndexError("%s: an index is out of bounds for axis of "
-                             "size %d" % (name, n))
-        fixed.append(i)
+        if i.size:
+            low, high = i.min(), i.max()
+            if low < -n or high >= n:
+                raise IndexError("%s: an index is out of bounds for axis "
+                                 "of size %d" % (name, n))
+            if low < 0:    # count from the end, in a copy
+                i = np.where(i < 0, i.astype(np.int64) + n, i)
+        fixed.append(np.asarray(i, dtype=np.int64))
     shape = fixed[0].shape if fixed else ()
     if len(fixed) == 1:
         flat = fixed[0]
@@ -1743,14 +1745,16 @@ def _scalar_value(t, value, name):
 
 
 def _array_values(t, value, shape, name):
+    """The values of a scatter update as a contiguous 1-d array of the
+    target's dtype: one per index, or a single one that every index uses
+    (a Python scalar, or any array of one value)."""
     np = _numpy()
     if isinstance(value, (int, float)):   # Python scalars: as the scalar form
         try:
-            v = np.asarray(_scalar_value(t, value, name), dtype=t.type)
+            return np.array([_scalar_value(t, value, name)], dtype=t.type)
         except OverflowError:
             raise OverflowError("%s: value %r does not fit in %s"
                                 % (name, value, t.type.__name__)) from None
-        return np.full(math.prod(shape), v, dtype=t.type)
     v = np.asarray(value)
     try:
         v = v.astype(t.type, casting="same_kind")
@@ -1758,11 +1762,11 @@ def _array_values(t, value, shape, name):
         raise TypeError("%s: values of dtype %s cannot be cast to %s"
                         % (name, v.dtype, np.dtype(t.type))) from None
     try:
-        v = np.broadcast_to(v, shape)
+        spread = np.broadcast_to(v, shape)
     except ValueError:
         raise ValueError("%s: values of shape %s do not broadcast to the index "
                          "shape %s" % (name, v.shape, shape)) from None
-    return np.ascontiguousarray(v).reshape(-1)
+    return np.ascontiguousarray(v if v.size == 1 else spread).reshape(-1)
 
 
 def _make_rmw(op, name):
@@ -1808,10 +1812,10 @@ def _rmw(op, a, index, value, name):
     values = _array_values(t, value, shape, name)
     previous = np.empty(flat.size, dtype=t.type)
     ffi = t.ffi
-    t.lib.pshm_scatter(op, t.code, t.ptr, ffi.cast("int64_t *",
-                                                   ffi.from_buffer(flat)),
-                       ffi.from_buffer(values), ffi.from_buffer(previous),
-                       flat.size)
+    scatter = t.lib.pshm_scatter_scalar if values.size == 1 and \
+        flat.size != 1 else t.lib.pshm_scatter
+    scatter(op, t.code, t.ptr, ffi.cast("int64_t *", ffi.from_buffer(flat)),
+            ffi.from_buffer(values), ffi.from_buffer(previous), flat.size)
     return previous.reshape(shape)
 
 

@@ -139,6 +139,29 @@ def test_scatter_duplicates_all_land(dtype, code):
 
 
 @pytest.mark.parametrize("dtype", list(TYPES))
+@pytest.mark.parametrize("code", list(OPS))
+def test_scatter_scalar_uses_one_value_for_every_index(dtype, code):
+    rng = np.random.default_rng(1)
+    index = rng.integers(0, 10, size=10_000).astype(np.int64)
+    value = np.array([60], dtype=dtype)
+    base = np.arange(45, 55).astype(dtype)
+    expected = base.copy()
+    OPS[code].at(expected, index, np.full(len(index), 60, dtype=dtype))
+    previous = np.empty(len(index), dtype=dtype)
+    assert lib.pshm_scatter_scalar(code, TYPES[dtype][2], ffi.from_buffer(base),
+                                   ptr(index), ffi.from_buffer(value),
+                                   ffi.from_buffer(previous), len(index)) == 0
+    np.testing.assert_array_equal(base, expected)
+    replay = np.arange(45, 55).astype(dtype)
+    for i, j in enumerate(index[:200]):
+        assert previous[i] == replay[j]
+        replay[j] = OPS[code](replay[j], value[0])
+    ffi.errno = 0
+    assert lib.pshm_scatter_scalar(99, lib.PSHM_INT64, ffi.NULL, ffi.NULL, ffi.NULL,
+                                   ffi.NULL, 0) == -1 and ffi.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("dtype", list(TYPES))
 def test_scatter_cas(dtype):
     base = np.zeros(3, dtype=dtype)
     index = np.array([0, 0, 1, 2], dtype=np.int64)

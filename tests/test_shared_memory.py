@@ -347,6 +347,27 @@ def test_atomic_scatter_matches_add_at(dtype):
     np.testing.assert_array_equal(c, np.array([7, 0, 1, 0], dtype=dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atomic_scatter_single_value_forms(dtype):
+    """One value for every index (a Python scalar, a numpy scalar, an array
+    of one value, any index shape); the caller's index is never changed."""
+    idx = np.array([[-1, 0], [0, 9]])
+    kept = idx.copy()
+    for value in (3, np.array(3, dtype=dtype)[()], np.array([3], dtype=dtype),
+                  np.array([[3]], dtype=dtype)):
+        a = np.zeros(10, dtype=dtype)
+        previous = atomic_add(a, idx, value)
+        assert previous.shape == (2, 2) and previous.dtype == dtype
+        np.testing.assert_array_equal(a, [6, 0, 0, 0, 0, 0, 0, 0, 0, 6])
+        assert sorted(previous.ravel().tolist()) == [0, 0, 3, 3]
+        np.testing.assert_array_equal(idx, kept)
+    a = np.zeros(10, dtype=dtype)
+    assert atomic_add(a, np.array([], dtype=np.int64), 5).shape == (0,)
+    assert not a.any()
+    with pytest.raises(ValueError, match="broadcast"):
+        atomic_add(a, np.array([1, 2]), np.ones((1, 1, 1), dtype=dtype))
+
+
 def test_atomic_add_threads_plain_array():
     a = np.zeros(1, dtype=np.int64)
     barrier = threading.Barrier(2, timeout=20)
