@@ -693,7 +693,8 @@ class _TaskBuffer:
     Tasks are read ``_PULL_CHUNK`` at a time; a chunk whose tasks all call
     one function without keywords is kept as argument tuples only, so the
     ``(f, args, kwargs)`` triples die young instead of piling up for the
-    garbage collector.  Every task is checked to be such a triple.
+    garbage collector.  Every task is checked to be such a triple (a list
+    of three also does, as in joblib).
     """
 
     def __init__(self, iterator):
@@ -724,7 +725,7 @@ class _TaskBuffer:
             self.items.extend(map(_SECOND, chunk))
         else:
             for i, task in enumerate(chunk):
-                if not (isinstance(task, tuple) and len(task) == 3
+                if not (isinstance(task, (tuple, list)) and len(task) == 3
                         and callable(task[0])):
                     raise TypeError(
                         "Parallel expects delayed calls, e.g. Parallel()("
@@ -751,7 +752,7 @@ def _common_function(tasks):
     object, by identity), else None; C-speed checks only."""
     try:
         func = tasks[0][0]
-        if callable(func) and isinstance(tasks[0], tuple) and \
+        if callable(func) and isinstance(tasks[0], (tuple, list)) and \
                 all(map(operator.is_, map(_FIRST, tasks),
                         itertools.repeat(func))) and \
                 set(map(len, tasks)) == {3} and not any(map(_THIRD, tasks)):

@@ -644,7 +644,7 @@ class _EqualToEverything:
 
 def _mixed_tasks(n):
     """Runs of one function, switching function and keywords across the
-    boundaries of the 256-task reads, with hand-made triples."""
+    boundaries of the 256-task reads, with hand-made triples and lists."""
     ones = [_EqualToEverything(k) for k in range(3)]
     for i in range(n):
         if i % 700 < 500:
@@ -653,8 +653,10 @@ def _mixed_tasks(n):
             yield delayed(_add)(i, b=1)
         elif i % 700 < 650:
             yield (ones[i % 3], (i,), {})
-        else:
+        elif i % 2:
             yield (divmod, (i, 7), {})
+        else:
+            yield [divmod, [i, 7], {}]      # joblib accepts lists too
 
 
 def _mixed_expected(n):
