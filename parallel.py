@@ -610,7 +610,7 @@ class _Batch:
     __slots__ = ("tasks", "func", "size", "config", "index", "start",
                  "future", "done", "results", "duration_s", "task_started_s",
                  "track_starts", "submitted_s", "result_folder", "running",
-                 "__weakref__")
+                 "keep", "__weakref__")
 
     def __init__(self, tasks, config, index=0, start=0, func=None):
         self.tasks = tasks
@@ -628,6 +628,7 @@ class _Batch:
         self.submitted_s = None
         self.result_folder = None   # where workers may put large results
         self.running = 0            # index in the batch of the running task
+        self.keep = None            # what the sent payload needs alive
 
     def __len__(self):
         return self.size
@@ -1479,11 +1480,14 @@ class _ArrayReducer:
         self.folder = folder
         self.lock = threading.Lock()
         self.dumped = {}   # id(array) -> (array, path); arrays kept alive
+        self.kept: list = []   # shared arrays sent by reference, see take_kept
 
     def reduce(self, a):
         """(callable, args) for the pickler, or None for normal pickling."""
         ref = _memmap_reference(a)
         if ref is not None:
+            if ref[0] in _OWNED_SEGMENTS:
+                self.kept.append(a)
             return _rebuild_memmap, ref
         if (self.max_nbytes is None or self.mmap_mode is None
                 or a.nbytes <= self.max_nbytes or a.dtype.hasobject):
@@ -1498,6 +1502,13 @@ class _ArrayReducer:
         dtype = a.dtype.str if a.dtype.names is None else a.dtype.descr
         return _rebuild_memmap, (entry[1], dtype, mode, 0, a.shape, None,
                                  order, "memmap")
+
+    def take_kept(self):
+        """The SharedArrays of this process pickled by reference since the
+        last call: their segments must outlive the batch that names them,
+        even when nothing else in the caller holds them."""
+        kept, self.kept = self.kept, []
+        return kept
 
 
 
@@ -2299,9 +2310,13 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
     except BaseException as e:
         if batch is None:
             e = WorkerError("the task could not be unpickled in the worker "
-                            "(%s: %s); its arguments must be picklable and "
-                            "their modules importable there"
-                            % (type(e).__name__, e))
+                            "(%s: %s); %s" % (
+                                type(e).__name__, e,
+                                "a shared array or memmap it names was "
+                                "removed before the worker opened it"
+                                if isinstance(e, FileNotFoundError) else
+                                "its arguments must be picklable and their "
+                                "modules importable there"))
         elif batch.tasks:
             args = [a for _, a_, kw in batch.triples()
                     for a in (*a_, *kw.values())]
@@ -3050,8 +3065,10 @@ class LokyBackend(ParallelBackendBase):
                     getattr(batch.function(), "__qualname__",
                             batch.function()), type(e).__name__, e)) from e
         # The payload holds the tasks: drop them so that they die young
-        # (a full garbage collection costs more than the whole dispatch).
+        # (a full garbage collection costs more than the whole dispatch),
+        # keeping only the shared arrays it names.
         batch.tasks = ()
+        batch.keep = self._reducer.take_kept()
         self._pool.submit(self._client, batch, payload,
                           lambda kind, data: callback((kind, data)))
         return None

@@ -231,6 +231,24 @@ def test_shared_array_worker_writes_visible_and_pickle_small():
     np.testing.assert_array_equal(b[:, 1], np.arange(6))
 
 
+def _total(a):
+    return float(a.sum())
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+@pytest.mark.parametrize("return_as", ["list", "generator_unordered"])
+def test_shared_array_held_only_by_its_task_lives_until_the_task_ran(
+        backend, return_as):
+    """A task may be the only owner of a shared array (made in the
+    generator): the caller keeps it until the worker has used it."""
+    out = Parallel(n_jobs=2, backend=backend, return_as=return_as)(
+        delayed(_total)(parallel.shared_array(np.full(1000, i)))
+        for i in range(40))
+    assert sorted(out) == [1000.0 * i for i in range(40)]
+    gc.collect()
+    assert not [p for p in parallel._OWNED_SEGMENTS]
+
+
 def test_segment_removed_when_last_reference_dies():
     a = shared_zeros(1000)
     path = a.filename
