@@ -610,7 +610,7 @@ class _Batch:
     __slots__ = ("tasks", "func", "size", "config", "index", "start",
                  "future", "done", "results", "duration_s", "task_started_s",
                  "track_starts", "submitted_s", "result_folder", "running",
-                 "keep", "__weakref__")
+                 "keep", "finished", "__weakref__")
 
     def __init__(self, tasks, config, index=0, start=0, func=None):
         self.tasks = tasks
@@ -620,7 +620,8 @@ class _Batch:
         self.index = index          # batch number within the call
         self.start = start          # index of the first task within the call
         self.future = None
-        self.done = False
+        self.done = False           # its result reached the caller
+        self.finished = False       # it ran to its end (any thread)
         self.results = None
         self.duration_s = None
         self.task_started_s = None  # monotonic start of the running task
@@ -3571,6 +3572,13 @@ def _progress_reporter(progress, total):
     return bar, bar.close
 
 
+def _batch_finished(queue, batch, out):
+    """A backend's completion callback (any thread): the batch no longer
+    runs, whenever the caller gets to its result."""
+    batch.finished = True
+    queue.put((batch, out))
+
+
 class _Call:
     """The state of one call of a Parallel instance (caller's thread)."""
 
@@ -3646,8 +3654,8 @@ class _Call:
             self.outstanding += 1
             self.inflight.append(batch)
             batch.submitted_s = time.monotonic()
-            batch.future = backend.submit(
-                batch, lambda out, b=batch: q.put((b, out)))
+            batch.future = backend.submit(batch, functools.partial(
+                _batch_finished, q, batch))
 
     def _take(self, size):
         """Up to ``size`` tasks as ``(func, tasks)`` (see :class:`_Batch`;
@@ -3708,7 +3716,7 @@ class _Call:
         nearest = 0.05
         track = self.backend.reports_task_starts
         for batch in self.inflight:
-            if batch.done:
+            if batch.finished:   # its result may wait for a slow consumer
                 continue
             started = batch.task_started_s if track else batch.submitted_s
             if started is None:

@@ -782,6 +782,30 @@ def test_nested_with_block_of_one_instance_is_refused():
     assert p._managed is None
 
 
+def _sleep_return(i, seconds=0.1):
+    time.sleep(seconds)
+    return i
+
+
+@pytest.mark.parametrize("backend, return_as", [
+    ("loky", "generator"), ("threading", "generator_unordered"),
+    ("multiprocessing", "generator")])
+def test_timeout_does_not_count_results_waiting_for_a_slow_consumer(
+        backend, return_as):
+    """The timeout counts while a task runs, not while its finished result
+    waits for the consumer (nor for a slow progress callback)."""
+    out = []
+    for x in Parallel(n_jobs=2, timeout=0.5, return_as=return_as,
+                      backend=backend)(
+            delayed(_sleep_return)(i) for i in range(4)):
+        time.sleep(0.7)
+        out.append(x)
+    assert sorted(out) == list(range(4))
+    assert Parallel(n_jobs=2, timeout=0.5, batch_size=1, backend=backend,
+                    progress=lambda done, total: time.sleep(0.3))(
+        delayed(_sleep_return)(i) for i in range(4)) == list(range(4))
+
+
 def test_timeout_names_the_overdue_task():
     with pytest.raises(ParallelTimeoutError, match="task 2 "):
         Parallel(n_jobs=2, timeout=0.5, batch_size=10)(
