@@ -424,20 +424,46 @@ def _describe_exit(code):
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
+def _as_int(value):
+    """``value`` as an int when it is an integer (Python or numpy, not a
+    bool), else None."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        return None
+    return operator.index(value)
+
+
+def _as_seconds(value):
+    """``value`` as a float when it is a real number (Python or numpy, not
+    a bool), else None."""
+    if isinstance(value, bool) or isinstance(value, (str, bytes)):
+        return None
+    if _as_int(value) is not None or isinstance(value, float):
+        return float(value)
+    try:
+        import numbers
+    except ImportError:     # pragma: no cover
+        return None
+    return float(value) if isinstance(value, numbers.Real) else None
+
+
 def _parse_nbytes(value, name="max_nbytes"):
     """Bytes from an int, a float, None, or a string like '1M', '1.5K'.
 
-    Units are binary (K = 1024).  Raises ValueError naming ``name``.
+    Units are binary (K = 1024); infinity means no limit (None).  Raises
+    ValueError naming ``name``.
     """
     if value is None:
         return None
     if isinstance(value, bool):
         raise ValueError("%s must be an int, a size string such as '1M', "
                          "or None (got %r)" % (name, value))
-    if isinstance(value, (int, float)):
-        if value < 0 or value != value:
+    number = _as_int(value)
+    if number is None and isinstance(value, float):
+        number = value
+    if number is not None:
+        if number < 0 or number != number:
             raise ValueError("%s must be >= 0 (got %r)" % (name, value))
-        return int(value)
+        return None if number == math.inf else int(number)
     if isinstance(value, str):
         text = value.strip()
         unit = text[-1:].upper()
@@ -1392,7 +1418,8 @@ def shared_empty(shape, dtype="float64", order="C", temp_folder=None):
                         "(dtype=%s)" % dtype)
     if order not in ("C", "F"):
         raise ValueError("order must be 'C' or 'F' (got %r)" % (order,))
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = (shape,) if _as_int(shape) is not None else tuple(shape)
+    shape = tuple(operator.index(n) for n in shape)
     if any(int(n) < 0 for n in shape):
         raise ValueError("shape must not have negative dimensions "
                          "(got %r)" % (shape,))
@@ -2268,12 +2295,14 @@ def _limit_native_threads(env):
         env else None
 
 
-def _worker_main(conn, env, initializer, initargs, caller_pid):
+def _worker_main(conn, env, init_payload, caller_pid):
     """Main loop of a worker process.  This runs in the worker process.
 
     Sets the thread-limit variables before any task imports numpy, ignores
-    SIGINT (the caller decides what stops), exits when the parent dies, then
-    runs batches until it reads an empty message or end of file.
+    SIGINT (the caller decides what stops), exits when the parent dies,
+    runs the pickled ``(initializer, initargs)`` if any, then runs batches
+    until it reads an empty message or end of file.  A failing initializer
+    is reported as the error of the first batch, then the worker exits.
     """
     os.environ.update(env)
     _limit_native_threads(env)
@@ -2283,8 +2312,18 @@ def _worker_main(conn, env, initializer, initargs, caller_pid):
         faulthandler.enable()
     threading.Thread(target=_watch_parent, args=(os.getppid(), caller_pid),
                      daemon=True).start()
-    if initializer is not None:
-        initializer(*initargs)
+    init_error = None
+    if init_payload is not None:
+        initializer = None
+        try:
+            initializer, initargs = pickle.loads(init_payload)
+            initializer(*initargs)
+        except BaseException as e:
+            init_error = WorkerError(
+                "the initializer %s failed in a worker: %s: %s" % (
+                    getattr(initializer, "__qualname__", initializer),
+                    type(e).__name__, e), _qualname(type(e)), str(e),
+                __import__("traceback").format_exc())
     while True:
         try:
             data = conn.recv_bytes()
@@ -2293,6 +2332,10 @@ def _worker_main(conn, env, initializer, initargs, caller_pid):
         if not data:
             return
         batch_id = int.from_bytes(data[1:9], "little")
+        if init_error is not None:
+            _worker_send(conn, _MSG_ERROR, batch_id,
+                         pickle.dumps(_pack_exception(init_error)))
+            return
         track = data[9:10] == b"1"
         try:
             _run_batch_in_worker(conn, batch_id, track, memoryview(data)[10:])
@@ -2392,7 +2435,8 @@ class _Client:
 
 
 class _PoolWorker:
-    __slots__ = ("process", "conn", "job", "idle_since", "killed", "retiring")
+    __slots__ = ("process", "conn", "job", "idle_since", "killed", "retiring",
+                 "n_batches")
 
     def __init__(self, process, conn):
         self.process, self.conn = process, conn
@@ -2400,6 +2444,7 @@ class _PoolWorker:
         self.idle_since = time.monotonic()
         self.killed = False
         self.retiring = False
+        self.n_batches = 0        # batches answered
 
 
 class _Pool:
@@ -2412,11 +2457,21 @@ class _Pool:
     """
 
     def __init__(self, start_method, env, initializer=None, initargs=(),
-                 idle_timeout_s=_DEFAULT_IDLE_WORKER_TIMEOUT_S):
+                 idle_timeout_s=_DEFAULT_IDLE_WORKER_TIMEOUT_S,
+                 max_batches_per_worker=None):
         import multiprocessing
         self.ctx = multiprocessing.get_context(start_method)
         self.env = env
-        self.initializer, self.initargs = initializer, initargs
+        self.init_payload = None
+        if initializer is not None:
+            try:
+                self.init_payload = _dumps((initializer, initargs))
+            except Exception as e:
+                raise pickle.PicklingError(
+                    "could not pickle initializer=%r with initargs to send "
+                    "them to the workers (%s: %s)" % (
+                        initializer, type(e).__name__, e)) from e
+        self.max_batches_per_worker = max_batches_per_worker
         self.idle_timeout_s = idle_timeout_s
         self.lock = threading.RLock()
         self.workers = []
@@ -2462,7 +2517,7 @@ class _Pool:
             return
         process, parent_conn = _start_process(
             self.ctx, _worker_main,
-            (self.env, self.initializer, self.initargs, os.getpid()))
+            (self.env, self.init_payload, os.getpid()))
         with self.lock:
             if not self.closed:
                 self.workers.append(_PoolWorker(process, parent_conn))
@@ -2627,14 +2682,18 @@ class _Pool:
                 continue
             left = w.idle_since + self.idle_timeout_s - now
             if left <= 0 and not self.queue:
-                w.retiring = True
-                try:
-                    w.conn.send_bytes(b"")
-                except (OSError, ValueError):
-                    pass
+                self._retire(w)
             elif nearest is None or left < nearest:
                 nearest = max(left, 0.01)
         return nearest
+
+    def _retire(self, w):
+        """Ask an idle worker to exit (it is replaced on demand)."""
+        w.retiring = True
+        try:
+            w.conn.send_bytes(b"")
+        except (OSError, ValueError):
+            pass
 
     def _receive(self, w):
         try:
@@ -2655,6 +2714,10 @@ class _Pool:
             w.job = None
             w.idle_since = time.monotonic()
             client.running -= 1
+            w.n_batches += 1
+            if self.max_batches_per_worker is not None and \
+                    w.n_batches >= self.max_batches_per_worker:
+                self._retire(w)       # as Pool's maxtasksperchild
         if not client.closed:
             callback(kind, data[9:])
 
@@ -2972,6 +3035,26 @@ class ThreadingBackend(ParallelBackendBase):
         self.cancel_pending()
 
 
+def _check_pool_options(initializer, initargs, idle_worker_timeout,
+                        maxtasksperchild):
+    """Validate the worker-pool keywords of the process backends."""
+    if initializer is not None and not callable(initializer):
+        raise InvalidParameterError("initializer must be a callable or None "
+                                    "(got %r)" % (initializer,))
+    if not isinstance(initargs, (tuple, list)):
+        raise InvalidParameterError("initargs must be a tuple of arguments "
+                                    "for the initializer (got %r)"
+                                    % (initargs,))
+    if idle_worker_timeout is not None:
+        seconds = _as_seconds(idle_worker_timeout)
+        if seconds is None or not seconds > 0:
+            raise InvalidParameterError(
+                "idle_worker_timeout must be a positive number of seconds or "
+                "None (got %r)" % (idle_worker_timeout,))
+    if maxtasksperchild is not None:
+        _check_positive_int("maxtasksperchild", maxtasksperchild)
+
+
 class LokyBackend(ParallelBackendBase):
     """Runs batches in a reusable pool of worker processes (the default).
 
@@ -3001,11 +3084,15 @@ class LokyBackend(ParallelBackendBase):
     def configure(self, n_jobs=1, parallel=None, temp_folder=None,
                   max_nbytes=_DEFAULT_MAX_NBYTES, mmap_mode=_DEFAULT_MMAP_MODE,
                   initializer=None, initargs=(), idle_worker_timeout=None,
-                  **unknown):
+                  maxtasksperchild=None, **unknown):
+        if maxtasksperchild is not None and not self.private_pool:
+            unknown["maxtasksperchild"] = maxtasksperchild
         if unknown:
             raise ValueError("unknown keyword argument(s) for the %s backend: "
                              "%s" % (type(self).__name__,
                                      ", ".join(sorted(unknown))))
+        _check_pool_options(initializer, initargs, idle_worker_timeout,
+                            maxtasksperchild)
         n_jobs = self.effective_n_jobs(n_jobs)
         if n_jobs == 1:
             raise FallbackToBackend(
@@ -3019,13 +3106,14 @@ class LokyBackend(ParallelBackendBase):
         self._temp_root = _temp_root(temp_folder)
         self._max_nbytes = _parse_nbytes(max_nbytes)
         self._mmap_mode = mmap_mode
-        idle = idle_worker_timeout if idle_worker_timeout is not None else \
-            float(_env("PARALLEL_IDLE_WORKER_TIMEOUT",
+        idle = float(idle_worker_timeout) if idle_worker_timeout is not None \
+            else float(_env("PARALLEL_IDLE_WORKER_TIMEOUT",
                        default=_DEFAULT_IDLE_WORKER_TIMEOUT_S))
         env = self._worker_env(n_jobs)
         method = _default_start_method(self.start_method)
         if self.private_pool:
-            self._pool = _Pool(method, env, initializer, initargs, idle)
+            self._pool = _Pool(method, env, initializer, initargs, idle,
+                               maxtasksperchild)
         else:
             self._pool = _get_pool(method, env, initializer, initargs, idle)
         self._client = _Client(n_jobs)
@@ -3109,7 +3197,9 @@ class MultiprocessingBackend(ProcessBackend):
     Unlike ``multiprocessing.Pool`` it detects dead workers
     (:class:`TerminatedWorkerError` instead of a hang), pickles tasks with
     cloudpickle (lambdas and local classes work), limits native threads and
-    supports every ``return_as`` mode.
+    supports every ``return_as`` mode.  Besides the keywords of
+    :class:`LokyBackend` it takes ``maxtasksperchild`` (as
+    ``multiprocessing.Pool``: a worker is replaced after that many batches).
     """
 
     private_pool = True
@@ -3268,12 +3358,19 @@ def _check_choice(name, value, choices):
     return value
 
 
+def _check_verbose(value):
+    number = int(value) if isinstance(value, bool) else _as_int(value)
+    if number is None:
+        raise InvalidParameterError("verbose must be an int (got %r)"
+                                    % (value,))
+    return number
+
+
 def _check_common(values):
     """Validate the parameters shared by Parallel and parallel_config."""
     checks = {
         "n_jobs": _check_n_jobs,
-        "verbose": lambda v: v if isinstance(v, int) else _raise(
-            InvalidParameterError("verbose must be an int (got %r)" % (v,))),
+        "verbose": _check_verbose,
         "temp_folder": lambda v: v if v is None or isinstance(
             v, (str, os.PathLike)) else _raise(InvalidParameterError(
                 "temp_folder must be a path or None (got %r)" % (v,))),
@@ -3412,8 +3509,8 @@ class parallel_config:
         config.update((k, v) for k, v in given.items() if v is not _UNSET)
         if inner_max_num_threads is not _UNSET and \
                 inner_max_num_threads is not None:
-            _check_positive_int("inner_max_num_threads", inner_max_num_threads)
-            backend_params["inner_max_num_threads"] = inner_max_num_threads
+            backend_params["inner_max_num_threads"] = _check_positive_int(
+                "inner_max_num_threads", inner_max_num_threads)
         self.backend_instance = None
         if backend is not _UNSET and backend is not None:
             if isinstance(backend, ParallelBackendBase):
@@ -3469,9 +3566,10 @@ class parallel_backend(parallel_config):
 
 
 def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    number = _as_int(value)
+    if number is None or number < 1:
         raise ValueError("%s must be a positive int (got %r)" % (name, value))
-    return value
+    return number
 
 
 def register_parallel_backend(name: str, factory: Callable[..., Any],
@@ -3982,30 +4080,37 @@ class Parallel(Generic[_Output]):
         self.return_as = _check_choice(
             "return_as", return_as, ("list", "generator",
                                      "generator_unordered"))
-        if timeout is not None and (isinstance(timeout, bool) or not
-                                    isinstance(timeout, (int, float))
-                                    or not timeout > 0):
-            raise ValueError("timeout must be a positive number of seconds "
-                             "or None (got %r)" % (timeout,))
+        if timeout is not None:
+            seconds = _as_seconds(timeout)
+            if seconds is None or not seconds > 0:
+                raise ValueError("timeout must be a positive number of "
+                                 "seconds or None (got %r)" % (timeout,))
+            timeout = seconds
         self.timeout = timeout
-        if not (pre_dispatch == "all" or isinstance(pre_dispatch, str) or (
-                isinstance(pre_dispatch, int)
-                and not isinstance(pre_dispatch, bool) and pre_dispatch > 0)):
-            raise ValueError("pre_dispatch must be 'all', a positive int or an "
-                             "expression such as '2 * n_jobs' (got %r)"
-                             % (pre_dispatch,))
+        if not isinstance(pre_dispatch, str):
+            count = _as_int(pre_dispatch)
+            if count is None or count < 1:
+                raise ValueError("pre_dispatch must be 'all', a positive int "
+                                 "or an expression such as '2 * n_jobs' (got "
+                                 "%r)" % (pre_dispatch,))
+            pre_dispatch = count
         if isinstance(pre_dispatch, str) and pre_dispatch != "all":
             _eval_pre_dispatch(pre_dispatch, 1)   # syntax check now
         self.pre_dispatch = pre_dispatch
-        if batch_size != "auto" and (isinstance(batch_size, bool) or not
-                                     isinstance(batch_size, int)
-                                     or batch_size < 1):
-            raise ValueError("batch_size must be 'auto' or a positive int "
-                             "(got %r)" % (batch_size,))
+        if not (isinstance(batch_size, str) and batch_size == "auto"):
+            size = _as_int(batch_size)
+            if size is None or size < 1:
+                raise ValueError("batch_size must be 'auto' or a positive int "
+                                 "(got %r)" % (batch_size,))
+            batch_size = size
         self.batch_size = batch_size
         inner = backend_kwargs.pop("inner_max_num_threads", None)
         if inner is not None:
-            _check_positive_int("inner_max_num_threads", inner)
+            inner = _check_positive_int("inner_max_num_threads", inner)
+        _check_pool_options(backend_kwargs.get("initializer"),
+                            backend_kwargs.get("initargs", ()),
+                            backend_kwargs.get("idle_worker_timeout"),
+                            backend_kwargs.get("maxtasksperchild"))
         self._backend_kwargs = backend_kwargs
         self._backend = self._choose_backend(backend, cfg, values)
         if inner is not None:

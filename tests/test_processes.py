@@ -372,6 +372,67 @@ def test_initializer_runs_once_per_worker(tmp_path):
     assert set(pids) <= set(inits)
 
 
+INITIALIZER_SCRIPT = r"""
+import os
+from parallel import Parallel, delayed
+def init(value):
+    os.environ["FROM_INIT"] = str(value)
+def read(_):
+    return os.environ.get("FROM_INIT")
+if __name__ == "__main__":
+    for backend in ("loky", "multiprocessing"):
+        print(Parallel(n_jobs=2, backend=backend, initializer=init,
+                       initargs=(7,))(delayed(read)(i) for i in range(2)))
+        print(Parallel(n_jobs=2, backend=backend, initializer=lambda: init(8))(
+            delayed(read)(i) for i in range(2)))
+"""
+
+
+def test_initializer_from_main_or_a_lambda_works_on_every_process_backend():
+    done = subprocess.run([sys.executable, "-c", INITIALIZER_SCRIPT],
+                          cwd=ROOT, env=script_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == ["['7', '7']", "['8', '8']"] * 2
+
+
+def _failing_initializer():
+    raise RuntimeError("no licence server")
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_failing_initializer_is_named_and_the_pool_recovers(backend):
+    with pytest.raises(WorkerError, match="initializer _failing_initializer "
+                       "failed.*RuntimeError: no licence server") as info:
+        Parallel(n_jobs=2, backend=backend, initializer=_failing_initializer)(
+            delayed(abs)(i) for i in range(4))
+    assert "no licence server" in info.value.remote_traceback
+    assert Parallel(n_jobs=2, backend=backend)(
+        delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(initializer=3), "initializer must be a callable"),
+    (dict(initializer=abs, initargs=5), "initargs must be a tuple"),
+    (dict(idle_worker_timeout="x"), "idle_worker_timeout must be"),
+    (dict(idle_worker_timeout=0), "idle_worker_timeout must be"),
+    (dict(backend="multiprocessing", maxtasksperchild=0), "maxtasksperchild"),
+    (dict(backend="loky", maxtasksperchild=1), "unknown keyword.*maxtasksper"),
+])
+def test_pool_options_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Parallel(n_jobs=2, **kwargs)(delayed(abs)(i) for i in range(2))
+
+
+def test_maxtasksperchild_replaces_workers_as_multiprocessing_pool():
+    pids = Parallel(n_jobs=2, backend="multiprocessing", maxtasksperchild=1,
+                    batch_size=1)(delayed(getpid_slowly)(i) for i in range(6))
+    assert len(set(pids)) == 6
+    pids = Parallel(n_jobs=2, backend="multiprocessing", maxtasksperchild=3,
+                    batch_size=1)(delayed(getpid_slowly)(i) for i in range(6))
+    assert 2 <= len(set(pids)) <= 4
+
+
 # --- helpers for scripts that are signalled ----------------------------------------------------------------
 def start_script(code, tmp_path):
     path = tmp_path / "script.py"
