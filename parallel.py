@@ -1284,27 +1284,33 @@ def _memmap_reference(a, mode=None):
     kind = "shared" if isinstance(a, _shared_array_class()) else "memmap"
     if a.flags.c_contiguous or a.flags.f_contiguous:
         order = "C" if a.flags.c_contiguous else "F"
-        return (root.filename, a.dtype.str if a.dtype.names is None else
-                a.dtype.descr, mode, data_offset, a.shape, None, order, kind)
+        return (root.filename, _dtype_token(a.dtype), mode, data_offset,
+                a.shape, None, order, kind)
     # Any strides: map the byte span that the array touches.
     low = sum(s * (n - 1) for s, n in zip(a.strides, a.shape) if s < 0)
     high = sum(s * (n - 1) for s, n in zip(a.strides, a.shape) if s > 0)
     span = (low, high + a.itemsize)
-    return (root.filename, a.dtype.str, mode, data_offset + low, a.shape,
-            (a.strides, span[1] - span[0], -low), "K", kind)
+    return (root.filename, _dtype_token(a.dtype), mode, data_offset + low,
+            a.shape, (a.strides, span[1] - span[0], -low), "K", kind)
+
+
+def _dtype_token(dtype):
+    """What travels for a dtype: its short string when that says it all,
+    else the dtype itself (structured dtypes with padding, offsets or
+    alignment do not survive ``descr`` or ``str``)."""
+    return dtype.str if dtype.names is None and dtype.subdtype is None \
+        else dtype
 
 
 def _rebuild_memmap(filename, dtype, mode, offset, shape, strided, order,
                     kind="memmap"):
     """Map a file region as an np.memmap (or SharedArray); runs in the
     process that unpickles a reference.  Mappings are cached weakly."""
-    key = (filename, str(dtype), mode, offset, shape, strided, order, kind)
+    key = (filename, dtype, mode, offset, shape, strided, order, kind)
     cached = _REBUILT.get(key)
     if cached is not None:
         return cached
     np = _numpy()
-    if isinstance(dtype, list):
-        dtype = np.dtype([tuple(f) for f in dtype])
     cls = _shared_array_class() if kind == "shared" else np.memmap
     if strided is None:
         array = cls.__new__(cls, filename, dtype=dtype, mode=mode,
@@ -1527,9 +1533,8 @@ class _ArrayReducer:
                 entry = self.dumped[id(a)] = (a, path)
         order = _memory_order(a)
         mode = "r+" if self.mmap_mode == "w+" else self.mmap_mode
-        dtype = a.dtype.str if a.dtype.names is None else a.dtype.descr
-        return _rebuild_memmap, (entry[1], dtype, mode, 0, a.shape, None,
-                                 order, "memmap")
+        return _rebuild_memmap, (entry[1], _dtype_token(a.dtype), mode, 0,
+                                 a.shape, None, order, "memmap")
 
     def take_kept(self):
         """The SharedArrays of this process pickled by reference since the
@@ -4292,8 +4297,8 @@ class _DumpPickler(pickle.Pickler):
             return None
         order = _memory_order(obj)
         self.offset = -(-self.offset // _DUMP_ALIGN) * _DUMP_ALIGN
-        entry = ("ndarray", obj.dtype.str if obj.dtype.names is None else
-                 obj.dtype.descr, obj.shape, order, self.offset)
+        entry = ("ndarray", _dtype_token(obj.dtype), obj.shape, order,
+                 self.offset)
         self.arrays.append((obj, order, self.offset))
         self.offset += obj.nbytes
         return entry
@@ -4348,8 +4353,8 @@ def dump(value: Any, filename: Any, compress: Any = 0,
     filename : str, os.PathLike or binary file object
         Target file (overwritten), or an object with ``write``.
     compress : bool, int or tuple, default 0
-        zlib level 0-9 (True: 3), or ``('zlib', level)``.  Compressed files
-        load into memory (no memory mapping).
+        zlib level 0-9 (True: 3), or ``('zlib', level)``: the same content,
+        compressed.  Compressed files load into memory (no memory mapping).
     protocol : int, optional
         Ignored (kept for joblib's signature): protocol 5 is used.
 
@@ -4375,8 +4380,9 @@ def dump(value: Any, filename: Any, compress: Any = 0,
     try:
         if level:
             import zlib
-            data = _DUMP_MAGIC_ZLIB + zlib.compress(
-                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), level)
+            plain = io.BytesIO()
+            _dump_to(plain, value)
+            data = _DUMP_MAGIC_ZLIB + zlib.compress(plain.getbuffer(), level)
             if hasattr(filename, "write"):
                 target.write(data)
             else:
@@ -4434,7 +4440,11 @@ def load(filename: Any, mmap_mode: Optional[str] = None) -> Any:
             if mmap_mode is not None:
                 warnings.warn("%s is compressed: mmap_mode=%r is ignored"
                               % (name, mmap_mode), UserWarning, stacklevel=2)
-            return pickle.loads(zlib.decompress(f.read()))
+            data = zlib.decompress(f.read())
+            if not data.startswith(_DUMP_MAGIC):    # files of parallel 0.1.0
+                return pickle.loads(data)
+            return _load_from(io.BytesIO(data[len(_DUMP_MAGIC):]), name,
+                              None)
         if magic != _DUMP_MAGIC:
             raise ValueError("%s was not written by parallel.dump (files "
                              "written by joblib.dump need joblib.load)" % name)
@@ -4459,7 +4469,7 @@ def _load_from(f, filename, mmap_mode):
     class Unpickler(pickle.Unpickler):
         def persistent_load(self, pid):
             _, dtype, shape, order, offset = pid
-            if isinstance(dtype, list):
+            if isinstance(dtype, list):     # files of parallel 0.1.0
                 dtype = [tuple(x) for x in dtype]
             dtype = np.dtype(dtype)
             count = int(np.prod(shape, dtype=np.int64))

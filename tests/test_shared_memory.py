@@ -559,18 +559,53 @@ def test_large_results_travel_through_segments(order):
 
 
 # --- defects found by a user trial ------------------------------------------
-def test_dump_saves_shared_arrays_by_value(tmp_path):
-    """dump() writes a SharedArray's data, so another process loads it after
-    the creator (and its segment) is gone."""
+@pytest.mark.parametrize("compress", [0, 3])
+def test_dump_saves_shared_arrays_by_value(tmp_path, compress):
+    """dump() writes a SharedArray's data, compressed or not, so another
+    process loads it after the creator (and its segment) is gone."""
     path = str(tmp_path / "hist.pkl")
     code = ("import parallel\n"
             "sa = parallel.shared_zeros(5); sa[:] = 7\n"
-            "parallel.dump({'hist': sa, 'view': sa[1:3]}, %r)\n" % path)
+            "parallel.dump({'hist': sa, 'view': sa[1:3]}, %r, compress=%d)\n"
+            % (path, compress))
     assert run_script(code).returncode == 0
     out = parallel.load(path)
     np.testing.assert_array_equal(out["hist"], np.full(5, 7.0))
     np.testing.assert_array_equal(out["view"], np.full(2, 7.0))
     assert type(out["hist"]) is np.ndarray
+
+
+PADDED = np.dtype([("a", "i1"), ("b", "f8")], align=True)
+OFFSETS = np.dtype({"names": ["x", "y"], "formats": ["i4", "i4"],
+                    "offsets": [0, 8], "itemsize": 16})
+
+
+@pytest.mark.parametrize("dtype", [PADDED, OFFSETS])
+def test_structured_dtypes_with_padding_round_trip(tmp_path, dtype):
+    """dump/load and the trip to workers keep a structured dtype exactly
+    (its padding, offsets and alignment), for copies, memmaps, shared
+    arrays and their strided views."""
+    a = np.zeros(6, dtype=dtype)
+    name = dtype.names[1]
+    a[name] = np.arange(6)
+    path = str(tmp_path / "s.pkl")
+    for compress in (0, 3):
+        parallel.dump(a, path, compress=compress)
+        for mode in (None, "r") if not compress else (None,):
+            b = parallel.load(path, mmap_mode=mode)
+            assert b.dtype == dtype and b.dtype.isalignedstruct == \
+                dtype.isalignedstruct
+            np.testing.assert_array_equal(b[name], np.arange(6))
+    shared = parallel.shared_array(a)
+    out = Parallel(n_jobs=2, max_nbytes=10)(
+        delayed(_dtype_and_field)(x, name)
+        for x in (shared, shared[::-2], a, a[::-2]))
+    for (got, values), want in zip(out, ([0, 1, 2, 3, 4, 5], [5, 3, 1]) * 2):
+        assert got == dtype and values == want
+
+
+def _dtype_and_field(x, name):
+    return x.dtype, x[name].tolist()
 
 
 def _make_shared(i):
