@@ -2801,6 +2801,23 @@ def _forget_pools_after_fork():
     _POOLS_LOCK = threading.Lock()
     _POOLS.clear()
     _ALL_POOLS.clear()
+    # The standard library's fork server is the parent's too: forget it, so
+    # that a nested pool in this child starts its own (waitpid on the
+    # parent's server fails with ECHILD here).
+    module = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(module, "_forkserver", None)
+    if getattr(server, "_forkserver_pid", None) is not None:
+        alive_fd = server._forkserver_alive_fd
+        server._forkserver_pid = server._forkserver_address = None
+        server._forkserver_alive_fd = None
+        if hasattr(server, "_forkserver_authkey"):
+            server._forkserver_authkey = None
+        server._lock = threading.Lock()
+        if alive_fd is not None:
+            try:
+                os.close(alive_fd)
+            except OSError:
+                pass
 
 
 if hasattr(os, "register_at_fork"):

@@ -810,15 +810,21 @@ os._exit(0)
 """
 
 
-def test_nested_process_calls_in_forked_workers():
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_nested_process_calls_in_forked_workers(method):
     """A process-backend call inside a task of a fork-started worker (the
-    child must not inherit the parent's held locks or pools)."""
-    done = subprocess.run([sys.executable, "-c", NESTED_FORK_SCRIPT],
+    child must not inherit the parent's held locks or pools, nor the
+    parent's fork server once the parent has used one)."""
+    script = NESTED_FORK_SCRIPT.replace(
+        "def inner", "print(Parallel(n_jobs=2)(delayed(abs)(i) for i in "
+        "range(2)))\ndef inner")
+    done = subprocess.run([sys.executable, "-c", script],
                           cwd=ROOT, env=script_env(
-                              {"PARALLEL_START_METHOD": "fork"}),
+                              {"PARALLEL_START_METHOD": method}),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["[6, 7]", "[6, 7]"], done.stdout
+    assert done.stdout.split("\n")[:3] == ["[0, 1]", "[6, 7]", "[6, 7]"], \
+        done.stdout
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
