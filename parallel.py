@@ -1777,11 +1777,10 @@ def _flat_array_index(t, index, name):
 
 def _scalar_value(t, value, name):
     if t.code >= 4:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise TypeError("%s: value %r is not a number" % (name, value)) \
-                from None
+        if not hasattr(type(value), "__float__") or \
+                isinstance(value, (str, bytes)):    # float("1") is not numpy's
+            raise TypeError("%s: value %r is not a number" % (name, value))
+        return float(value)
     try:
         return operator.index(value)
     except TypeError:
@@ -1986,6 +1985,9 @@ class AtomicView:
         self._add, self._max, self._min, self._cas = t.fns
 
     def _index(self, i):
+        if isinstance(i, bool):
+            raise IndexError("AtomicView: index %r is a bool; pass an int"
+                             % (i,))
         n = self._size
         try:
             j = operator.index(i)
@@ -1997,30 +1999,60 @@ class AtomicView:
             raise IndexError("index %d is out of bounds for size %d" % (i, n))
         return j
 
+    def _value_error(self, method, values, error):
+        """The error for values that C refused, naming them and the dtype."""
+        shown = "value %r" % (values[0],) if len(values) == 1 else \
+            "values %r" % (values,)
+        if isinstance(error, OverflowError):
+            return OverflowError("AtomicView.%s: %s do%s not fit in %s" % (
+                method, shown, "es" if len(values) == 1 else "",
+                self.array.dtype))
+        if self.array.dtype.kind == "f":
+            need = "a number" if len(values) == 1 else "numbers"
+        else:
+            need = "an integer" if len(values) == 1 else "integers"
+        return TypeError("AtomicView.%s: %s must be %s for the %s array"
+                         % (method, shown, need, self.array.dtype))
+
+    # Each method: Python ints in bounds go straight to C; anything else is
+    # checked (bools and floats are refused, numpy integers converted).
     def add(self, i: int, value):
         """Add ``value`` at flat index ``i``; return the previous value."""
-        if not 0 <= i < self._size:     # also lets numpy integers through
+        if not (i.__class__ is int and 0 <= i < self._size):
             i = self._index(i)
-        return self._add(self._ptr, i, value)
+        try:
+            return self._add(self._ptr, i, value)
+        except (TypeError, OverflowError) as e:
+            raise self._value_error("add", (value,), e) from None
 
     def max(self, i: int, value):
         """Store the maximum at flat index ``i``; return the previous value."""
-        if not 0 <= i < self._size:     # also lets numpy integers through
+        if not (i.__class__ is int and 0 <= i < self._size):
             i = self._index(i)
-        return self._max(self._ptr, i, value)
+        try:
+            return self._max(self._ptr, i, value)
+        except (TypeError, OverflowError) as e:
+            raise self._value_error("max", (value,), e) from None
 
     def min(self, i: int, value):
         """Store the minimum at flat index ``i``; return the previous value."""
-        if not 0 <= i < self._size:     # also lets numpy integers through
+        if not (i.__class__ is int and 0 <= i < self._size):
             i = self._index(i)
-        return self._min(self._ptr, i, value)
+        try:
+            return self._min(self._ptr, i, value)
+        except (TypeError, OverflowError) as e:
+            raise self._value_error("min", (value,), e) from None
 
     def compare_and_swap(self, i: int, expected, desired):
         """Swap at flat index ``i`` if it equals ``expected``; return the
         value found."""
-        if not 0 <= i < self._size:     # also lets numpy integers through
+        if not (i.__class__ is int and 0 <= i < self._size):
             i = self._index(i)
-        return self._cas(self._ptr, i, expected, desired)
+        try:
+            return self._cas(self._ptr, i, expected, desired)
+        except (TypeError, OverflowError) as e:
+            raise self._value_error("compare_and_swap", (expected, desired),
+                                    e) from None
 
 
 # ======================================================================

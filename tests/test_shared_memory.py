@@ -418,6 +418,27 @@ def test_atomic_view():
     np.testing.assert_array_equal(a, [0, 4, 0, 2])
     with pytest.raises(IndexError):
         v.add(4, 1)
+    assert v.add(np.int64(2), 1) == 0 and a[2] == 1     # numpy indices
+    for method in (v.add, v.max, v.min):
+        with pytest.raises(IndexError, match="bool"):
+            method(True, 1)
+        with pytest.raises(TypeError, match="index 1.5 is not an integer"):
+            method(1.5, 1)
+        with pytest.raises(TypeError, match="1.5 must be an integer for "
+                           "the int64 array"):
+            method(0, 1.5)
+        with pytest.raises(OverflowError, match="does not fit in int64"):
+            method(0, 2 ** 70)
+    with pytest.raises(TypeError, match=r"values \(0, 'x'\) must be integers"):
+        v.compare_and_swap(0, 0, "x")
+    f = np.zeros(2)
+    with pytest.raises(TypeError, match="'1' must be a number"):
+        AtomicView(f).add(0, "1")
+    for value in ("1", b"1"):       # numpy refuses strings: so do we
+        with pytest.raises(TypeError, match="is not a number"):
+            atomic_add(f, 0, value)
+    np.testing.assert_array_equal(a, [0, 4, 1, 2])
+    assert not f.any()
 
 
 def unaligned_int64():
