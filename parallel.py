@@ -3590,7 +3590,9 @@ class parallel_config:
         self._token = _ACTIVE_CONFIG.set(config)
 
     def __enter__(self):
-        return self.config
+        """The configuration in force in the block, every key (as joblib's:
+        ``backend``, ``n_jobs``, ``verbose``, ... and ``progress``)."""
+        return {"backend": None, **_DEFAULTS, **self.config}
 
     def __exit__(self, *exc_info):
         self.unregister()
@@ -3740,6 +3742,7 @@ class _Call:
         self.n_jobs = n_jobs
         self.n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
         self.buffer = _TaskBuffer(iter(iterable))
+        self.size_message = None    # auto-batching news for verbose >= 10
         self.exhausted = False
         import queue
         self.queue = queue.SimpleQueue()
@@ -3794,6 +3797,9 @@ class _Call:
             remaining = None if self.n_tasks is None else \
                 self.n_tasks - self.n_pulled
             size = self.batcher.next_size(self.n_jobs, remaining)
+            if self.size_message is not None:   # when joblib prints it
+                self.parallel._print(self.size_message)
+                self.size_message = None
             func, tasks = self._take(size)
             if not tasks:
                 self.exhausted = True
@@ -3852,7 +3858,7 @@ class _Call:
             duration = time.monotonic() - batch.submitted_s
         message = self.batcher.record(len(batch), duration)
         if message is not None and self.parallel.verbose >= 10:
-            self.parallel._print(message)
+            self.size_message = message   # printed if another batch goes
         if not self.lazy:
             self.outstanding -= 1
         if not self.ordered:
@@ -4167,6 +4173,8 @@ class Parallel(Generic[_Output]):
                             backend_kwargs.get("maxtasksperchild"))
         self._backend_kwargs = backend_kwargs
         self._backend = self._choose_backend(backend, cfg, values)
+        if self.n_jobs is None:       # as joblib: the backend's default
+            self.n_jobs = self._backend.default_n_jobs
         if inner is not None:
             if not self._backend.supports_inner_max_num_threads:
                 raise ValueError("inner_max_num_threads=%r: the %s backend "

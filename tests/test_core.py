@@ -209,7 +209,11 @@ def test_parallel_config_nesting_and_precedence():
                 assert effective_n_jobs(None) == 2    # inherited
         assert effective_n_jobs(None) == 3
     assert effective_n_jobs(None) == 1
-    assert Parallel().n_jobs is None
+    assert Parallel().n_jobs == 1      # as joblib: the backend default
+    with parallel_config(n_jobs=2) as config:   # every key, as joblib's
+        assert config["n_jobs"] == 2 and config["backend"] is None
+        assert {"verbose", "temp_folder", "max_nbytes", "mmap_mode", "prefer",
+                "require"} <= set(config) and config["verbose"] == 0
 
 
 def test_parallel_config_is_context_local():
