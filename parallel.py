@@ -1536,6 +1536,21 @@ class _ArrayReducer:
         return _rebuild_memmap, (entry[1], _dtype_token(a.dtype), mode, 0,
                                  a.shape, None, order, "memmap")
 
+    def write_back(self):
+        """With mmap_mode 'r+' or 'w+', copy what workers wrote into the
+        auto-memmapped copies back into the caller's arrays (joblib's
+        workers write into a copy that nobody reads)."""
+        if self.mmap_mode not in ("r+", "w+"):
+            return
+        np = _numpy()
+        for a, path in self.dumped.values():
+            if a.size == 0 or not a.flags.writeable:
+                continue
+            copy = np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape,
+                             order=_memory_order(a))
+            np.copyto(a, copy)
+            del copy
+
     def take_kept(self):
         """The SharedArrays of this process pickled by reference since the
         last call: their segments must outlive the batch that names them,
@@ -3190,9 +3205,13 @@ class LokyBackend(ParallelBackendBase):
                                       self._folder)
 
     def stop_call(self):
-        if self._folder is not None:
-            self._folder.cleanup()
-        self._reducer = None
+        try:
+            if self._reducer is not None:
+                self._reducer.write_back()
+        finally:
+            if self._folder is not None:
+                self._folder.cleanup()
+            self._reducer = None
 
     def submit(self, batch, callback):
         batch.result_folder = self._folder.get()
@@ -4058,8 +4077,11 @@ class Parallel(Generic[_Output]):
         Arrays larger than this many bytes reach process workers as memory
         maps of one copy in ``temp_folder``; None disables it.
     mmap_mode : {None, 'r', 'r+', 'w+', 'c'}, default 'r'
-        Mode of those memory maps ('c': private writable copy; writes never
-        reach the caller's array).  None disables auto-memmapping.
+        Mode of those memory maps.  'r+' and 'w+': workers write into the
+        copy, which is copied back into the caller's array when the call
+        ends (unlike joblib, where those writes are lost); 'c': each worker
+        writes into a private copy that nobody sees.  None disables
+        auto-memmapping.
     progress : bool or callable, optional
         True: a tqdm bar (a text bar on stderr without tqdm); a callable:
         ``progress(n_done, n_total_or_None)`` called in the caller's thread

@@ -231,6 +231,29 @@ def test_shared_array_worker_writes_visible_and_pickle_small():
     np.testing.assert_array_equal(b[:, 1], np.arange(6))
 
 
+def _write_first_row(a, value):
+    a[0] = value
+
+
+@pytest.mark.parametrize("mode", ["r+", "w+", "c"])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_auto_memmapped_writes_reach_the_caller_in_r_plus(mode, layout):
+    """mmap_mode 'r+'/'w+': what workers write into the auto-memmapped copy
+    reaches the caller's array when the call ends (joblib loses it); 'c'
+    keeps each worker's writes private."""
+    base = np.zeros((400, 600), order="F" if layout == "F" else "C")
+    a = base[:, ::2] if layout == "strided" else base
+    before = a.copy()
+    Parallel(n_jobs=2, mmap_mode=mode, max_nbytes=1000)(
+        delayed(_write_first_row)(a, 7.0) for _ in range(2))
+    if mode == "c":
+        np.testing.assert_array_equal(a, before)
+    else:
+        assert (a[0] == 7.0).all() and not a[1:].any()
+        if layout == "strided":
+            assert not base[:, 1::2].any()
+
+
 def _total(a):
     return float(a.sum())
 
