@@ -1842,10 +1842,12 @@ def _make_rmw(op, name):
     def rmw(a, index, value):
         entry = _TARGETS.get(id(a))
         if entry is not None and index.__class__ is int:
-            ref, t, n, dtype, fast_types, shape, flags, ptr, fns = entry
+            # No identity test needed: the entry leaves with its array
+            # (the weak reference's callback runs before the id is reused).
+            _, t, n, dtype, fast_types, shape, flags, ptr, fns = entry
             if value.__class__ in fast_types and -n <= index < n and \
-                    ref() is a and a.dtype is dtype and a.shape == shape \
-                    and a.flags.num == flags:
+                    a.dtype is dtype and a.shape == shape and \
+                    a.flags.num == flags:
                 try:
                     return fns[op](ptr, index if index >= 0 else index + n,
                                    value)
