@@ -2529,7 +2529,9 @@ class _Pool:
         self.idle_timeout_s = idle_timeout_s
         self.lock = threading.RLock()
         self.workers = []
-        self.queue = collections.deque()   # (client, batch, payload, callback)
+        # client -> deque of (client, batch, payload, callback), clients in
+        # turn order; a client with nothing queued has no entry.
+        self.queues: Dict[Any, Any] = {}
         self.clients = set()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)   # a full pipe wakes anyway
@@ -2590,7 +2592,8 @@ class _Pool:
         with self.lock:
             if self.closed:
                 raise RuntimeError("the worker pool has been shut down")
-            self.queue.append((client, batch, payload, callback))
+            self.queues.setdefault(client, collections.deque()).append(
+                (client, batch, payload, callback))
             to_spawn = self._assign()
         if to_spawn:
             self._wake()
@@ -2598,8 +2601,7 @@ class _Pool:
     def cancel(self, client):
         """Drop the client's queued batches; running ones go on."""
         with self.lock:
-            self.queue = collections.deque(
-                j for j in self.queue if j[0] is not client)
+            self.queues.pop(client, None)
 
     def kill(self, client):
         """Cancel the client's queued batches and kill the workers running
@@ -2620,7 +2622,7 @@ class _Pool:
         with self.lock:
             self.closed = True
             workers = list(self.workers)
-            self.queue.clear()
+            self.queues.clear()
         for w in workers:
             try:
                 w.conn.send_bytes(b"")
@@ -2640,27 +2642,28 @@ class _Pool:
         thread or a caller's).  Returns the number of workers to spawn."""
         idle = [w for w in self.workers
                 if w.job is None and not w.killed and not w.retiring]
-        kept = collections.deque()
-        while self.queue:
-            job = self.queue.popleft()
-            client = job[0]
-            if client.running >= client.max_workers or not idle:
-                kept.append(job)
-                continue
-            w = idle.pop()
-            client.running += 1
-            batch_id = next(self.ids)
-            w.job = (client, job[1], job[3], batch_id)
-            track = b"1" if job[1].track_starts else b"0"
-            try:
-                w.conn.send_bytes(_MSG_RUN + batch_id.to_bytes(8, "little")
-                                  + track + job[2])
-            except (OSError, ValueError):
-                pass   # the worker died; its sentinel reports the loss
-        self.queue = kept
+        for client in list(self.queues) if idle else ():
+            queue = self.queues.pop(client)
+            while queue and idle and client.running < client.max_workers:
+                job = queue.popleft()
+                w = idle.pop()
+                client.running += 1
+                batch_id = next(self.ids)
+                w.job = (client, job[1], job[3], batch_id)
+                track = b"1" if job[1].track_starts else b"0"
+                try:
+                    w.conn.send_bytes(_MSG_RUN + batch_id.to_bytes(8, "little")
+                                      + track + job[2])
+                except (OSError, ValueError):
+                    pass   # the worker died; its sentinel reports the loss
+            if queue:      # back in line, after the clients not yet served
+                self.queues[client] = queue
+            if not idle:
+                break
+        queued = sum(len(queue) for queue in self.queues.values())
         busy = sum(1 for w in self.workers if not w.retiring)
         wanted = sum(c.max_workers for c in self.clients)
-        return max(0, min(len(kept), wanted - busy))
+        return max(0, min(queued, wanted - busy))
 
     def _manage(self):
         """Manager loop.  This runs in the pool's manager thread."""
@@ -2679,8 +2682,9 @@ class _Pool:
         with self.lock:
             self.closed = True
             jobs = [w.job for w in self.workers if w.job is not None]
-            jobs += [(j[0], j[1], j[3], None) for j in self.queue]
-            self.queue.clear()
+            jobs += [(j[0], j[1], j[3], None)
+                     for queue in self.queues.values() for j in queue]
+            self.queues.clear()
             workers, self.workers = list(self.workers), []
         failure = RuntimeError("the worker pool's manager thread failed "
                                "(%s: %s); the next call starts a new pool"
@@ -2722,7 +2726,8 @@ class _Pool:
 
     def _fail_queued(self, error):
         with self.lock:
-            jobs, self.queue = list(self.queue), collections.deque()
+            jobs = [j for queue in self.queues.values() for j in queue]
+            self.queues.clear()
         for client, batch, payload, callback in jobs:
             callback(_MSG_ERROR, pickle.dumps(_pack_exception(error)))
 
@@ -2735,7 +2740,7 @@ class _Pool:
             if w.job is not None or w.retiring or w.killed:
                 continue
             left = w.idle_since + self.idle_timeout_s - now
-            if left <= 0 and not self.queue:
+            if left <= 0 and not self.queues:
                 self._retire(w)
             elif nearest is None or left < nearest:
                 nearest = max(left, 0.01)
