@@ -777,13 +777,18 @@ class _TaskBuffer:
 
 def _common_function(tasks):
     """The function every task of ``tasks`` calls without keywords (one
-    object, by identity), else None; C-speed checks only."""
+    object, by identity; arguments a tuple and keywords an empty mapping,
+    so that malformed tasks fail as in joblib), else None; C-speed checks
+    only."""
     try:
         func = tasks[0][0]
         if callable(func) and isinstance(tasks[0], (tuple, list)) and \
                 all(map(operator.is_, map(_FIRST, tasks),
                         itertools.repeat(func))) and \
-                set(map(len, tasks)) == {3} and not any(map(_THIRD, tasks)):
+                set(map(len, tasks)) == {3} and \
+                list(map(_THIRD, tasks)).count({}) == len(tasks) and \
+                all(map(isinstance, map(_SECOND, tasks),
+                        itertools.repeat(tuple))):
             return func
     except (TypeError, IndexError, KeyError):
         pass
@@ -1610,9 +1615,10 @@ def _is_temporary_segment(a):
         _SEGMENT_PREFIX + "auto_")
 
 
-def _read_only_hint(exc, args):
+def _read_only_hint(exc, tasks):
     """Add a note to numpy's read-only error when a worker wrote into an
-    automatically memmapped input (joblib's most reported surprise)."""
+    automatically memmapped input (joblib's most reported surprise);
+    ``tasks`` are the batch's (function, args, kwargs), malformed or not."""
     if not (isinstance(exc, ValueError) and "read-only" in str(exc)):
         return exc
     np = sys.modules.get("numpy")
@@ -1620,12 +1626,12 @@ def _read_only_hint(exc, args):
     def read_only_maps(x, depth=0):
         if isinstance(x, np.memmap):
             return x.mode == "r"
-        if depth < 3 and isinstance(x, (list, tuple, dict)):
+        if depth < 5 and isinstance(x, (list, tuple, dict)):
             items = x.values() if isinstance(x, dict) else x
             return any(read_only_maps(y, depth + 1) for y in items)
         return False
 
-    if np is None or not read_only_maps(list(args)):
+    if np is None or not read_only_maps(tasks):
         return exc
     note = ("parallel: inputs larger than max_nbytes (default '1M') reach "
             "process workers as read-only memory maps (mmap_mode='r'). Pass "
@@ -2401,7 +2407,7 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
     """Unpickle, run and answer one batch.  This runs in the worker process."""
     def on_start(i):
         _worker_send(conn, _MSG_START, batch_id, i.to_bytes(4, "little"))
-    batch = args = None
+    batch = None
     try:
         batch = pickle.loads(payload)
         results = batch(on_task_start=on_start if track else None)
@@ -2416,9 +2422,7 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
                                 "its arguments must be picklable and their "
                                 "modules importable there"))
         elif batch.tasks:
-            args = [a for _, a_, kw in batch.triples()
-                    for a in (*a_, *kw.values())]
-            e = _read_only_hint(e, args)
+            e = _read_only_hint(e, batch.triples())
         packed = _pack_exception(e)
         _worker_send(conn, _MSG_ERROR, batch_id, pickle.dumps(packed))
         return

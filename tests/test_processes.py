@@ -759,6 +759,24 @@ def test_a_bad_task_anywhere_names_its_index(bad, at):
         Parallel(n_jobs=2)(tasks())
 
 
+@pytest.mark.parametrize("backend", ["loky", "threading", "sequential"])
+@pytest.mark.parametrize("batch_size", [1, 2])
+@pytest.mark.parametrize("task, message", [
+    ((_add, 5, {}), "after \\* must be an iterable"),
+    ((_add, (1,), None), "after \\*\\* must be a mapping"),
+])
+def test_malformed_task_raises_joblibs_type_error(backend, batch_size, task,
+                                                  message):
+    """A triple whose arguments are not a tuple or whose keywords are not a
+    mapping fails as the call would (as joblib), whatever the batching; the
+    worker survives."""
+    with pytest.raises(TypeError, match=message):
+        Parallel(n_jobs=2, batch_size=batch_size, backend=backend)(
+            [task, (len, ([1],), {})])
+    assert Parallel(n_jobs=2, backend=backend)(
+        delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
 def test_caller_drops_tasks_once_they_are_sent():
     """Tasks sent to process workers are not kept by the caller, so a long
     generator's arguments do not pile up in the caller's memory."""
