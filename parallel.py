@@ -1253,6 +1253,9 @@ if hasattr(os, "register_at_fork"):
 
 # --- arrays backed by files: references, rebuilding --------------------------
 _REBUILT: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+# Segments of the SharedArrays this process allocated (and will remove):
+# path -> the owning array, while it lives.
+_OWNED_SEGMENTS: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
 
 def _memmap_root(a):
@@ -1317,7 +1320,23 @@ def _rebuild_memmap(filename, dtype, mode, offset, shape, strided, order,
         return cached
     np = _numpy()
     cls = _shared_array_class() if kind == "shared" else np.memmap
-    if strided is None:
+    owner = _OWNED_SEGMENTS.get(filename) if mode != "c" else None
+    if owner is not None:
+        # Back in the process that owns the segment: a view of the owner,
+        # which it keeps alive (and with it the segment).
+        memory = owner.ravel(order="K").view(np.uint8)
+        if strided is None:
+            array = np.ndarray.__new__(cls, shape, dtype=np.dtype(dtype),
+                                       buffer=memory, offset=offset,
+                                       order=order)
+        else:
+            strides, nbytes, first = strided
+            array = np.ndarray.__new__(cls, shape, dtype=np.dtype(dtype),
+                                       buffer=memory, offset=offset + first,
+                                       strides=strides)
+        if mode == "r":
+            array.flags.writeable = False
+    elif strided is None:
         array = cls.__new__(cls, filename, dtype=dtype, mode=mode,
                             offset=offset, shape=shape, order=order)
     else:
@@ -1331,12 +1350,10 @@ def _rebuild_memmap(filename, dtype, mode, offset, shape, strided, order,
 
 
 _SHARED_ARRAY_CLASS: list = []
-# Segments of the SharedArrays this process allocated (and will remove).
-_OWNED_SEGMENTS: set = set()
 
 
 def _release_owned_segment(path):
-    _OWNED_SEGMENTS.discard(path)
+    _OWNED_SEGMENTS.pop(path, None)
     _remove_path(path)
 
 
@@ -1450,7 +1467,7 @@ def shared_empty(shape, dtype="float64", order="C", temp_folder=None):
     except BaseException:
         _remove_path(path)
         raise
-    _OWNED_SEGMENTS.add(path)
+    _OWNED_SEGMENTS[path] = array
     weakref.finalize(array, _release_owned_segment, path)
     return array
 

@@ -272,6 +272,31 @@ def test_shared_array_held_only_by_its_task_lives_until_the_task_ran(
     assert not [p for p in parallel._OWNED_SEGMENTS]
 
 
+def _same(a):
+    return a
+
+
+def test_shared_array_back_in_its_owner_keeps_the_segment():
+    """A SharedArray (or a view of it) that a worker returns to the process
+    that owns it is a view of the owner and keeps the segment alive, so it
+    can be sent again after the original is dropped."""
+    s = shared_zeros((10, 4), order="F")
+    s[:] = 1
+    path = s.filename
+    back = Parallel(n_jobs=2)(delayed(_same)(x)
+                              for x in (s, s[::2], s.T, s[1:3, 1]))
+    del s
+    gc.collect()
+    assert os.path.exists(path)
+    assert Parallel(n_jobs=2)(delayed(_total)(b) for b in back) == \
+        [40.0, 20.0, 40.0, 2.0]
+    back[0][0, 0] = 5                 # one memory, as before the trip
+    assert back[1][0, 0] == back[2][0, 0] == 5
+    del back
+    gc.collect()
+    assert not os.path.exists(path)
+
+
 def test_segment_removed_when_last_reference_dies():
     a = shared_zeros(1000)
     path = a.filename
