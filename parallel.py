@@ -1552,26 +1552,36 @@ class _ArrayReducer:
             entry = self.dumped.get(id(a))
             if entry is None:
                 path = _write_segment(self.folder.get(), "auto", a)
-                entry = self.dumped[id(a)] = (a, path)
+                # 'r+'/'w+': what the segment held, to tell later which
+                # elements the workers changed (see write_back).
+                original = _numpy().array(a, order=_memory_order(a)) \
+                    if self.mmap_mode in ("r+", "w+") else None
+                entry = self.dumped[id(a)] = (a, path, original)
         order = _memory_order(a)
         mode = "r+" if self.mmap_mode == "w+" else self.mmap_mode
         return _rebuild_memmap, (entry[1], _dtype_token(a.dtype), mode, 0,
                                  a.shape, None, order, "memmap")
 
     def write_back(self):
-        """With mmap_mode 'r+' or 'w+', copy what workers wrote into the
-        auto-memmapped copies back into the caller's arrays (joblib's
-        workers write into a copy that nobody reads)."""
-        if self.mmap_mode not in ("r+", "w+"):
-            return
+        """With mmap_mode 'r+' or 'w+', copy the elements that workers
+        changed in the auto-memmapped copies back into the caller's arrays
+        (joblib's workers write into a copy that nobody reads).  Elements
+        are compared bit for bit with the copy as it was written, so the
+        caller's own writes during the call to other elements are kept, and
+        several views of one array each bring back their own changes."""
         np = _numpy()
-        for a, path in self.dumped.values():
-            if a.size == 0 or not a.flags.writeable:
+        for a, path, original in self.dumped.values():
+            if original is None or a.size == 0 or not a.flags.writeable:
                 continue
-            copy = np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape,
-                             order=_memory_order(a))
-            np.copyto(a, copy)
-            del copy
+            order = _memory_order(a)
+            now = np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape,
+                            order=order)
+            width = a.dtype.itemsize
+            changed = (np.memmap(path, dtype=np.uint8, mode="r").reshape(
+                -1, width) != original.reshape(-1, order=order).view(
+                    np.uint8).reshape(-1, width)).any(axis=1)
+            np.copyto(a, now, where=changed.reshape(a.shape, order=order))
+            del now
 
     def take_kept(self):
         """The SharedArrays of this process pickled by reference since the
@@ -4106,8 +4116,9 @@ class Parallel(Generic[_Output]):
         maps of one copy in ``temp_folder``; None disables it.
     mmap_mode : {None, 'r', 'r+', 'w+', 'c'}, default 'r'
         Mode of those memory maps.  'r+' and 'w+': workers write into the
-        copy, which is copied back into the caller's array when the call
-        ends (unlike joblib, where those writes are lost); 'c': each worker
+        call's copy, and the elements they changed are copied into the
+        caller's array when the call ends (joblib loses those writes; the
+        copy keeps a second copy of the array until then); 'c': each worker
         writes into a private copy that nobody sees.  None disables
         auto-memmapping.
     progress : bool or callable, optional

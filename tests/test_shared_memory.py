@@ -254,6 +254,34 @@ def test_auto_memmapped_writes_reach_the_caller_in_r_plus(mode, layout):
             assert not base[:, 1::2].any()
 
 
+def _set_row(a, i):
+    a[i] = i + 1
+
+
+def _read_at(a, i):
+    return float(a[i])
+
+
+def test_r_plus_write_back_merges_views_and_keeps_the_callers_writes():
+    """Each view of one array brings back only what its workers changed,
+    and what the caller wrote meanwhile elsewhere stays."""
+    a = np.zeros((4, 100_000))
+    Parallel(n_jobs=2, mmap_mode="r+")(
+        delayed(_set_row)(a[:], i) for i in range(4))    # 4 view objects
+    np.testing.assert_array_equal(a[:, 0], [1, 2, 3, 4])
+    b = np.zeros((4, 100_000))
+    Parallel(n_jobs=2, mmap_mode="w+")(
+        delayed(_set_row)(x, i) for i, x in enumerate([b.T, b.T[:, :]] * 2))
+    np.testing.assert_array_equal(b[0, :4], [1, 2, 3, 4])
+    c = np.full(200_000, np.nan)
+    for i, _ in enumerate(Parallel(n_jobs=2, mmap_mode="r+",
+                                   return_as="generator")(
+            delayed(_read_at)(c, i) for i in range(4))):
+        c[100 + i] = 7.0          # the caller writes during the call
+    np.testing.assert_array_equal(c[100:104], [7.0] * 4)
+    assert np.isnan(c[:100]).all()
+
+
 def _total(a):
     return float(a.sum())
 
