@@ -1030,7 +1030,11 @@ import os, shutil, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 paths = set()
 for line in sys.stdin.buffer:
-    op, path = line[:1], os.fsdecode(bytes.fromhex(line[1:].strip().decode()))
+    op = line[:1]
+    try:
+        path = os.fsdecode(bytes.fromhex(line[1:].strip().decode()))
+    except ValueError:    # a torn line: skip it, keep tracking
+        continue
     if op == b'+':
         paths.add(path)
     elif op == b'-':
@@ -1085,9 +1089,23 @@ class _Tracker:
 
     @classmethod
     def _forget_after_fork(cls):
+        # The parent's tracker is not this child's: close the inherited
+        # pipe (so only the parent's exit ends the tracker) and keep the
+        # Popen object, whose finalizer would warn about a running child.
+        # Closed without a flush: the fork may have copied a line another
+        # thread was writing.
         cls._lock = threading.Lock()
-        cls._proc = None
+        proc, cls._proc = cls._proc, None
+        if proc is not None:
+            try:
+                os.close(proc.stdin.fileno())
+            except (OSError, ValueError):
+                pass
+            _FORK_LEFTOVERS.append(proc)
 
+
+# Objects inherited through fork that must not be finalized in the child.
+_FORK_LEFTOVERS: list = []
 
 
 
@@ -1774,6 +1792,10 @@ def _flat_scalar_index(t, index, name):
         if len(index) != len(t.shape):
             raise IndexError("%s: index %r has %d entries for a %d-d array"
                              % (name, index, len(index), len(t.shape)))
+        if any(isinstance(x, bool) or getattr(x, "dtype", None) is not None
+               and x.dtype.kind == "b" for x in index):
+            raise IndexError("%s: index %r holds a bool; pass ints"
+                             % (name, index))
         flat = 0
         dims = t.shape if t.order == "C" else t.shape[::-1]
         items = index if t.order == "C" else index[::-1]

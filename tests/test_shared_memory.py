@@ -784,6 +784,8 @@ def test_atomics_numpy_integer_index_is_scalar_and_bool_is_refused():
     assert a[1] == 2
     with pytest.raises(IndexError, match="bool"):
         atomic_add(a, True, 1)
+    with pytest.raises(IndexError, match="bool"):
+        atomic_add(np.zeros((2, 2), np.int64), (True, 0), 1)
     with pytest.raises(TypeError, match="compare_and_swap"):
         parallel.compare_and_swap(a, 1, 7.5, 9)
     with pytest.raises(ValueError, match="atomic_add"):
