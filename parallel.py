@@ -1587,10 +1587,10 @@ class _ArrayReducer:
         are compared bit for bit with the copy as it was written, so the
         caller's own writes during the call to other elements are kept, and
         several views of one array each bring back their own changes."""
-        np = _numpy()
         for a, path, original in self.dumped.values():
             if original is None or a.size == 0 or not a.flags.writeable:
                 continue
+            np = _numpy()
             order = _memory_order(a)
             now = np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape,
                             order=order)

@@ -615,6 +615,22 @@ def test_import_does_not_load_numpy_or_cloudpickle():
     assert proc.stdout.strip() == "[]"
 
 
+def test_calls_without_arrays_do_not_import_numpy():
+    """The caller imports numpy only when arrays are involved (a process
+    call's clean-up once imported it, adding ~50 ms to a first call)."""
+    proc = run_script(
+        "import sys\n"
+        "from parallel import Parallel, delayed\n"
+        "for backend in ('loky', 'multiprocessing', 'threading'):\n"
+        "    for mode in ('r', 'r+'):\n"
+        "        Parallel(n_jobs=2, backend=backend, mmap_mode=mode)(\n"
+        "            delayed(abs)(i) for i in range(4))\n"
+        "print(sorted(m for m in ('numpy', 'cloudpickle') if m in sys.modules))",
+        timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 # --- auto batching -----------------------------------------------------------------
 def test_auto_batching_many_tiny_tasks_on_threads():
     out = Parallel(n_jobs=2, backend="threading", batch_size="auto")(
