@@ -2034,10 +2034,21 @@ class AtomicView:
     a : numpy.ndarray
         As for :func:`atomic_add`.
 
+    Attributes
+    ----------
+    add(i, value), max(i, value), min(i, value) : callable
+        Atomically add ``value`` at flat index ``i`` (store the maximum,
+        the minimum); return the previous value.
+    compare_and_swap(i, expected, desired) : callable
+        Store ``desired`` at flat index ``i`` if it holds ``expected``;
+        return the value found.
+
     Raises
     ------
     TypeError, ValueError, RuntimeError
-        As :func:`atomic_add`, at construction.
+        As :func:`atomic_add`, at construction.  Calls raise IndexError for
+        an index out of bounds or a bool, TypeError for a non-integer index
+        or a value the dtype cannot take, OverflowError for one too large.
 
     Examples
     --------
@@ -2048,13 +2059,49 @@ class AtomicView:
     (0, 5, 7)
     """
 
-    __slots__ = ("array", "_ptr", "_size", "_add", "_max", "_min", "_cas")
+    __slots__ = ("array", "_size", "add", "max", "min", "compare_and_swap")
+    add: Callable[[int, Any], Any]
+    max: Callable[[int, Any], Any]
+    min: Callable[[int, Any], Any]
+    compare_and_swap: Callable[[int, Any, Any], Any]
 
     def __init__(self, a):
         t = _atomic_target(a, "AtomicView")
         self.array = a
-        self._ptr, self._size = t.ptr, t.size
-        self._add, self._max, self._min, self._cas = t.fns
+        self._size = t.size
+        # Closures, not methods: no attribute look-up in the hot path.
+        self.add, self.max, self.min = (
+            self._update(name, fn, t.ptr)
+            for name, fn in zip(("add", "max", "min"), t.fns))
+        self.compare_and_swap = self._swap(t.fns[3], t.ptr)
+
+    def _update(self, name, fn, ptr):
+        size, index, refused = self._size, self._index, self._value_error
+
+        def update(i, value):
+            # Python ints in bounds go straight to C; anything else is
+            # checked (bools and floats refused, numpy integers converted).
+            if not (i.__class__ is int and 0 <= i < size):
+                i = index(i)
+            try:
+                return fn(ptr, i, value)
+            except (TypeError, OverflowError) as e:
+                raise refused(name, (value,), e) from None
+        update.__name__ = update.__qualname__ = name
+        return update
+
+    def _swap(self, fn, ptr):
+        size, index, refused = self._size, self._index, self._value_error
+
+        def compare_and_swap(i, expected, desired):
+            if not (i.__class__ is int and 0 <= i < size):
+                i = index(i)
+            try:
+                return fn(ptr, i, expected, desired)
+            except (TypeError, OverflowError) as e:
+                raise refused("compare_and_swap", (expected, desired),
+                              e) from None
+        return compare_and_swap
 
     def _index(self, i):
         if isinstance(i, bool):
@@ -2085,46 +2132,6 @@ class AtomicView:
             need = "an integer" if len(values) == 1 else "integers"
         return TypeError("AtomicView.%s: %s must be %s for the %s array"
                          % (method, shown, need, self.array.dtype))
-
-    # Each method: Python ints in bounds go straight to C; anything else is
-    # checked (bools and floats are refused, numpy integers converted).
-    def add(self, i: int, value):
-        """Add ``value`` at flat index ``i``; return the previous value."""
-        if not (i.__class__ is int and 0 <= i < self._size):
-            i = self._index(i)
-        try:
-            return self._add(self._ptr, i, value)
-        except (TypeError, OverflowError) as e:
-            raise self._value_error("add", (value,), e) from None
-
-    def max(self, i: int, value):
-        """Store the maximum at flat index ``i``; return the previous value."""
-        if not (i.__class__ is int and 0 <= i < self._size):
-            i = self._index(i)
-        try:
-            return self._max(self._ptr, i, value)
-        except (TypeError, OverflowError) as e:
-            raise self._value_error("max", (value,), e) from None
-
-    def min(self, i: int, value):
-        """Store the minimum at flat index ``i``; return the previous value."""
-        if not (i.__class__ is int and 0 <= i < self._size):
-            i = self._index(i)
-        try:
-            return self._min(self._ptr, i, value)
-        except (TypeError, OverflowError) as e:
-            raise self._value_error("min", (value,), e) from None
-
-    def compare_and_swap(self, i: int, expected, desired):
-        """Swap at flat index ``i`` if it equals ``expected``; return the
-        value found."""
-        if not (i.__class__ is int and 0 <= i < self._size):
-            i = self._index(i)
-        try:
-            return self._cas(self._ptr, i, expected, desired)
-        except (TypeError, OverflowError) as e:
-            raise self._value_error("compare_and_swap", (expected, desired),
-                                    e) from None
 
 
 # ======================================================================
