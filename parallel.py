@@ -2198,6 +2198,7 @@ def _pickler_class(by_value=False):
 
     class _TaskPickler(base):
         array_reducer = None   # an _ArrayReducer in the caller; None in workers
+        main_names = None   # see _dumps
 
         def reducer_override(self, obj):
             np = sys.modules.get("numpy")
@@ -2206,7 +2207,9 @@ def _pickler_class(by_value=False):
                 if reduced is not None:
                     return reduced
             elif fast and isinstance(obj, (types.FunctionType, type)) and \
-                    _pickled_by_value(obj):
+                    _pickled_by_value(obj) and not (
+                        self.main_names is not None and
+                        _named_in_main(obj, self.main_names)):
                 raise _NeedsCloudpickle(obj)
             parent = getattr(super(), "reducer_override", None)
             return parent(obj) if parent is not None else NotImplemented
@@ -2222,14 +2225,32 @@ def _reduce_array(a, array_reducer):
     return (array_reducer or _ResultReducer(None)).reduce(a)
 
 
-def _dumps(obj, array_reducer=None):
-    """Pickle ``obj`` for another process (see :func:`_pickler_class`)."""
+def _named_in_main(obj, main_names):
+    """True for a function or class of ``__main__`` that ``main_names``
+    (``__main__``'s globals when the workers were forked) holds by name."""
+    qualname = getattr(obj, "__qualname__", "")
+    return getattr(obj, "__module__", None) == "__main__" and \
+        main_names.get(qualname) is obj and \
+        getattr(sys.modules.get("__main__"), qualname, None) is obj
+
+
+def _dumps(obj, array_reducer=None, main_names=None):
+    """Pickle ``obj`` for another process (see :func:`_pickler_class`).
+
+    ``main_names``: for workers forked from this process for one call (the
+    'multiprocessing' backend), ``__main__``'s globals at the fork; the
+    functions and classes among them go by name, as the standard library's
+    pickle sends them, so that they share the worker's ``__main__``
+    globals (an initializer setting a global that tasks read, as in
+    joblib).  Those defined or redefined since go by value.
+    """
     by_value = False
     while True:
         buffer = io.BytesIO()
         pickler = _pickler_class(by_value)(buffer,
                                            protocol=pickle.HIGHEST_PROTOCOL)
         pickler.array_reducer = array_reducer
+        pickler.main_names = main_names
         try:
             pickler.dump(obj)
         except _NeedsCloudpickle:
@@ -2572,14 +2593,18 @@ class _Pool:
 
     def __init__(self, start_method, env, initializer=None, initargs=(),
                  idle_timeout_s=_DEFAULT_IDLE_WORKER_TIMEOUT_S,
-                 max_batches_per_worker=None):
+                 max_batches_per_worker=None, main_by_reference=False):
         import multiprocessing
         self.ctx = multiprocessing.get_context(start_method)
         self.env = env
+        # Workers forked for one call share __main__ as it is now (_dumps).
+        self.main_names = dict(vars(sys.modules["__main__"])) if \
+            main_by_reference and "__main__" in sys.modules else None
         self.init_payload = None
         if initializer is not None:
             try:
-                self.init_payload = _dumps((initializer, initargs))
+                self.init_payload = _dumps((initializer, initargs),
+                                           main_names=self.main_names)
             except Exception as e:
                 raise pickle.PicklingError(
                     "could not pickle initializer=%r with initargs to send "
@@ -3249,7 +3274,8 @@ class LokyBackend(ParallelBackendBase):
         method = _default_start_method(self.start_method)
         if self.private_pool:
             self._pool = _Pool(method, env, initializer, initargs, idle,
-                               maxtasksperchild)
+                               maxtasksperchild, main_by_reference=(
+                                   method == "fork"))
         else:
             self._pool = _get_pool(method, env, initializer, initargs, idle)
         self._client = _Client(n_jobs)
@@ -3283,7 +3309,7 @@ class LokyBackend(ParallelBackendBase):
     def submit(self, batch, callback):
         batch.result_folder = self._folder.get()
         try:
-            payload = _dumps(batch, self._reducer)
+            payload = _dumps(batch, self._reducer, self._pool.main_names)
         except OSError:
             raise
         except Exception as e:

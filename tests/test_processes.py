@@ -396,6 +396,37 @@ def test_initializer_from_main_or_a_lambda_works_on_every_process_backend():
     assert done.stdout.split("\n")[:4] == ["['7', '7']", "['8', '8']"] * 2
 
 
+MAIN_GLOBALS_SCRIPT = r"""
+from parallel import Parallel, delayed
+STATE = None
+def init(k):
+    global STATE
+    STATE = k
+def get(_):
+    return STATE
+if __name__ == "__main__":
+    print(Parallel(n_jobs=2, backend="multiprocessing", initializer=init,
+                   initargs=(7,))(delayed(get)(i) for i in range(4)))
+    with Parallel(n_jobs=2, backend="multiprocessing") as p:
+        print(p(delayed(get)(i) for i in range(2)))
+        def later(x):
+            return 2 * x
+        print(p(delayed(later)(i) for i in range(2)))
+"""
+
+
+def test_multiprocessing_initializer_sets_main_globals_that_tasks_see():
+    """As joblib's 'multiprocessing': workers forked for the call share
+    __main__'s globals with the initializer; a function defined after the
+    fork still works (it travels by value)."""
+    done = subprocess.run([sys.executable, "-c", MAIN_GLOBALS_SCRIPT],
+                          cwd=ROOT, env=script_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["[7, 7, 7, 7]", "[None, None]",
+                                           "[0, 2]"]
+
+
 def _failing_initializer():
     raise RuntimeError("no licence server")
 
