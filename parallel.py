@@ -2620,6 +2620,10 @@ class _Pool:
         self.clients = set()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)   # a full pipe wakes anyway
+        # Held while writing to wake_w and while retiring it: a write after
+        # the close could land in whatever pipe reuses the descriptor (a
+        # worker's, which then hangs on a torn message).
+        self.wake_lock = threading.Lock()
         self.closed = False
         self.ids = itertools.count(1)
         self.thread = threading.Thread(target=self._manage, daemon=True,
@@ -2634,7 +2638,9 @@ class _Pool:
     # -- caller side ---------------------------------------------------------
     def _wake(self):
         try:
-            os.write(self.wake_w, b"x")
+            with self.wake_lock:
+                if self.wake_w is not None:
+                    os.write(self.wake_w, b"x")
         except OSError:   # full (a wake-up is pending) or closed
             pass
 
@@ -2758,8 +2764,10 @@ class _Pool:
             self._break(e)
             raise
         finally:
+            with self.wake_lock:
+                wake_w, self.wake_w = self.wake_w, None
+            os.close(wake_w)
             os.close(self.wake_r)
-            os.close(self.wake_w)
 
     def _break(self, error):
         """Fail every running and queued batch and stop the workers after an

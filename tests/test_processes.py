@@ -888,6 +888,26 @@ def test_threads_starting_pools_at_once(method):
         assert "hung threads: 0" in done.stdout, done.stdout + done.stderr
 
 
+def test_a_stopped_pool_never_writes_to_a_reused_descriptor():
+    """The cause of a rare hang of first calls from several threads: a pool
+    woke its finished manager through a closed pipe whose descriptor
+    another thread had just reused (a new worker's pipe got a stray
+    byte)."""
+    pool = parallel._Pool("fork", {})
+    pool.shutdown()
+    pool.thread.join(10)
+    assert not pool.thread.is_alive()
+    r, w = os.pipe()             # reuses the freed descriptor numbers
+    try:
+        os.set_blocking(r, False)
+        pool._wake()
+        with pytest.raises(BlockingIOError):
+            os.read(r, 1)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_nested_with_block_of_one_instance_is_refused():
     p = Parallel(n_jobs=2)
     with p:
