@@ -917,6 +917,7 @@ def build_shm_helper(target_dir: Optional[str] = None) -> str:
         raise RuntimeError("cannot build the C helper: _shm.c and build_shm.py "
                            "are not next to %s" % __file__)
     target_dir = target_dir or _shm_cache_folder()
+    created = not os.path.isdir(target_dir)
     os.makedirs(target_dir, mode=0o700, exist_ok=True)
     # In a child process: cffi changes the working directory while it builds.
     import subprocess
@@ -930,8 +931,14 @@ def build_shm_helper(target_dir: Optional[str] = None) -> str:
     if done is None or done.returncode != 0:
         reason = reason if done is None else (done.stderr.strip().splitlines()
                                               or ["failed"])[-1]
+        if created:
+            try:
+                os.rmdir(target_dir)     # nothing half-built is left behind
+            except OSError:
+                pass
         raise RuntimeError("cannot build the C helper (%s); install cffi and "
-                           "a C compiler, then run `python build_shm.py`"
+                           "a C compiler, and it is built on first use (or "
+                           "run `python build_shm.py` next to parallel.py)"
                            % reason)
     return target_dir
 
@@ -956,9 +963,10 @@ def _shm_helper(build=True):
             module = None    # built from an older _shm.c: build afresh
         sources = [os.path.join(here, n) for n in ("_shm.c", "build_shm.py")]
         if module is None and build and not all(map(os.path.exists, sources)):
-            _SHM_STATE["error"] = ("not found next to %s or as a top-level "
-                                   "module, and _shm.c / build_shm.py are not "
-                                   "there to build it" % __file__)
+            _SHM_STATE["error"] = (
+                "it is not next to %s nor a top-level module, and _shm.c "
+                "and build_shm.py are not there to build it: copy them next "
+                "to parallel.py (it is then built on first use)" % __file__)
         if module is None and build and "error" not in _SHM_STATE:
             try:
                 module = _import_extension_from(_shm_cache_folder())
@@ -998,10 +1006,10 @@ def _require_shm():
     module = _shm_helper()
     if module is None:
         raise RuntimeError(
-            "atomic operations need the C helper %s, which is not built (%s). "
-            "Build it with `python build_shm.py` next to parallel.py, or "
-            "reinstall with cffi and a C compiler available."
-            % (_SHM_HELPER_NAME, _SHM_STATE.get("error", "not found")))
+            "atomic operations need the C helper %s, which is not available: "
+            "%s." % (_SHM_HELPER_NAME, _SHM_STATE.get(
+                "error", "not found; run `python build_shm.py` next to "
+                "parallel.py, or reinstall with cffi and a C compiler")))
     return module
 
 
@@ -4749,7 +4757,8 @@ def _demo(args):
         str(int(x)) for x in shared[1]))
     for failure in failures[:5]:
         print("  could not tokenize %s" % failure)
-    n_jobs = effective_n_jobs(args.n_jobs)
+    n_jobs = 1 if args.backend == "sequential" else \
+        effective_n_jobs(args.n_jobs)
     print("parallel run (n_jobs=%d, backend=%s): %.2f s; sequential run: "
           "%.2f s; speed-up: %.2fx" % (n_jobs, args.backend or "loky", wall,
                                        seq_wall, seq_wall / wall))

@@ -8,8 +8,8 @@ medians and ratios computed in the same run.  No figure is hard-coded.
 
 Usage::
 
-    python3 benchmarks/bench.py            # full run, 7 repeats (about 2-3 min on 2 cores)
-    python3 benchmarks/bench.py --quick    # 3 repeats (under 3 min on 2 cores)
+    python3 benchmarks/bench.py            # full run, 7 repeats (about 2 min on 2 cores)
+    python3 benchmarks/bench.py --quick    # 3 repeats (about 1 min on 2 cores)
     python3 benchmarks/bench.py --only cpu_tasks,import_time --json out.json
 
 Workloads: see ``WORKLOADS`` below or ``--list``.
@@ -760,7 +760,7 @@ def _version(mod):
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description="Benchmark parallel vs joblib 1.6 vs sequential / multiprocessing. "
-                    "Full run (7 repeats): about 2-3 minutes on a 2-core machine "
+                    "Full run (7 repeats): about 2 minutes on a 2-core machine "
                     "(~20 s per repeat); --quick (3 repeats): about 1 minute.")
     ap.add_argument("--quick", action="store_true", help="3 repeats per measurement")
     ap.add_argument("--repeats", type=int, help="override the number of repeats")
