@@ -120,6 +120,9 @@ _THREAD_MAX_IDEAL_BATCH_DURATION_S = 0.05
 _TAIL_SPLIT_MIN_BATCH_S = 0.001
 # A batch size may grow at most this many times from one batch to the next.
 _MAX_BATCH_GROWTH = 8
+# Before forking a worker, wait at most this long for other threads' imports
+# to finish (see _NoImportInFlight).
+_FORK_IMPORT_WAIT_S = 5.0
 _DEFAULT_MAX_NBYTES = "1M"
 _DEFAULT_MMAP_MODE = "r"
 _DEFAULT_PRE_DISPATCH = "2 * n_jobs"
@@ -2539,6 +2542,34 @@ def _first_unpicklable(results):
     return None
 
 
+class _NoImportInFlight:
+    """``with _NoImportInFlight():`` holds the import lock, once no other
+    thread is importing a module.  A child forked while another thread
+    holds a module's import lock inherits it held and hangs on its first
+    import of that module (say, cloudpickle, imported on first use by a
+    call in another thread).  Waits at most ``_FORK_IMPORT_WAIT_S``
+    seconds, then goes on."""
+
+    def __enter__(self):
+        import _imp
+        from importlib import _bootstrap
+        me = threading.get_ident()
+        deadline = time.monotonic() + _FORK_IMPORT_WAIT_S
+        while True:
+            _imp.acquire_lock()    # no module lock is handed out meanwhile
+            busy = any(getattr(ref(), "owner", None) not in (None, me)
+                       for ref in list(getattr(_bootstrap, "_module_locks",
+                                               {}).values()))
+            if not busy or time.monotonic() > deadline:
+                return self
+            _imp.release_lock()
+            time.sleep(0.001)
+
+    def __exit__(self, *exc_info):
+        import _imp
+        _imp.release_lock()
+
+
 def _start_process(ctx, target, args):
     """Start ``target(conn, *args)`` in a worker process that does not re-run
     the caller's __main__; return (process, the caller's end of conn).
@@ -2556,7 +2587,8 @@ def _start_process(ctx, target, args):
         process = ctx.Process(target=target, args=(child_conn,) + args,
                               name="parallel-worker")
         if ctx.get_start_method() == "fork":
-            process.start()
+            with _NoImportInFlight():
+                process.start()
         else:
             main = sys.modules.get("__main__")
             sys.modules["__main__"] = types.ModuleType("__main__")
@@ -2899,7 +2931,11 @@ class _Pool:
             return
         code = w.process.exitcode
         name, hint = _describe_exit(code)
-        error = _terminated_worker_error()(
+        try:
+            error_class = _terminated_worker_error()
+        except RuntimeError:   # at exit: "can't register atexit after shutdown"
+            return
+        error = error_class(
             "A worker process managed by the executor was unexpectedly "
             "terminated (%s, pid %s) while running a task; likely cause: %s."
             "\n\nThe exit codes of the workers are {%s}"

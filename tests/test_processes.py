@@ -908,6 +908,43 @@ def test_a_stopped_pool_never_writes_to_a_reused_descriptor():
         os.close(w)
 
 
+SLOW_IMPORT_SCRIPT = r"""
+import os, sys, threading, time
+from parallel import Parallel, delayed
+flag = sys.argv[1]
+def use(_):
+    import slowmod           # the child's first import of that module
+    return slowmod.VALUE
+if __name__ == "__main__":
+    importer = threading.Thread(target=__import__, args=("slowmod",))
+    importer.start()          # holds slowmod's import lock until the flag
+    time.sleep(0.3)
+    threading.Timer(1.0, lambda: open(flag, "w").close()).start()
+    try:
+        print(Parallel(n_jobs=2, backend="multiprocessing", timeout=15)(
+            delayed(use)(i) for i in range(2)))
+    except Exception as e:
+        print(type(e).__name__, e)
+    importer.join()
+"""
+
+
+def test_fork_waits_for_other_threads_imports(tmp_path):
+    """A worker forked while another thread is importing a module would
+    inherit that module's import lock held and hang on its own import of
+    it: the fork waits until the import is done."""
+    flag = tmp_path / "go"
+    (tmp_path / "slowmod.py").write_text(
+        "import os, time\nwhile not os.path.exists(%r):\n"
+        "    time.sleep(0.01)\nVALUE = 42\n" % str(flag))
+    done = subprocess.run(
+        [sys.executable, "-c", SLOW_IMPORT_SCRIPT, str(flag)], cwd=ROOT,
+        env=script_env(pythonpath=os.pathsep.join([str(tmp_path), ROOT])),
+        capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[42, 42]", done.stdout + done.stderr
+
+
 def test_nested_with_block_of_one_instance_is_refused():
     p = Parallel(n_jobs=2)
     with p:
