@@ -1659,10 +1659,51 @@ def _load_result_segment(path, dtype, shape, order):
     (the mapping keeps the memory until the array dies).  Runs in the
     caller."""
     np = _numpy()
-    mapped = np.memmap(path, dtype=dtype, mode="r+", shape=shape, order=order)
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    memory = _map_without_descriptor(path, count * dtype.itemsize) \
+        if count else None
+    if memory is None:
+        mapped = np.memmap(path, dtype=dtype, mode="r+", shape=shape,
+                           order=order)
+        mapped.filename = None     # nothing to share by reference any more
+        array = mapped.view(np.ndarray)
+    else:
+        array = np.frombuffer(memory, dtype=dtype, count=count).reshape(
+            shape, order=order)
     os.unlink(path)
-    mapped.filename = None     # nothing to share by reference any more
-    return mapped.view(np.ndarray)
+    return array
+
+
+def _map_without_descriptor(path, nbytes):
+    """A writable shared mapping of the first ``nbytes`` bytes of ``path``
+    that keeps no file descriptor open (numpy's memmap keeps one per array,
+    and a process may have only ~1024), unmapped when the last user dies;
+    None where that is not possible (Python < 3.13 without the C helper)."""
+    if sys.version_info >= (3, 13):
+        import mmap
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        try:
+            return mmap.mmap(fd, nbytes,
+                             trackfd=False)  # type: ignore[call-arg]
+        finally:
+            os.close(fd)
+    helper = _shm_helper(build=False)
+    if helper is None:
+        return None
+    ffi, lib = helper.ffi, helper.lib
+    fd = lib.pshm_open(os.fsencode(path), 1)
+    if fd < 0:
+        return None
+    try:
+        address = lib.pshm_map(fd, nbytes, 1)
+    finally:
+        lib.pshm_close(fd)
+    if address == ffi.NULL:
+        return None
+    address = ffi.gc(address, lambda a, n=nbytes, unmap=lib.pshm_unmap:
+                     unmap(a, n))
+    return ffi.buffer(address, nbytes)
 
 
 def _is_temporary_segment(a):

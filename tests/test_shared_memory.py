@@ -282,6 +282,41 @@ def test_r_plus_write_back_merges_views_and_keeps_the_callers_writes():
     assert np.isnan(c[:100]).all()
 
 
+MANY_RESULTS_SCRIPT = r"""
+import gc, os, resource
+import numpy as np
+from parallel import Parallel, delayed
+def big(i):
+    return np.full(262144, float(i))        # 2 MB: comes back by segment
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+    kept = []
+    with Parallel(n_jobs=2) as p:
+        for i in range(100):
+            kept.extend(p(delayed(big)(j) for j in range(2)))
+    kept[0][0] = 5.0                          # writable, private to us
+    print(len(kept), kept[0][0], kept[-1][0], len(os.listdir("/proc/self/fd")))
+    del kept
+    gc.collect()
+    print(sum("parallel_result" in line for line in open("/proc/self/maps")))
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13) and
+                    not parallel.shm_helper_available(build=False),
+                    reason="needs Python 3.13's mmap(trackfd=False) or the "
+                    "C helper")
+def test_kept_large_results_hold_no_file_descriptor():
+    """Results that came back through shared memory keep no descriptor
+    open: 200 of them live at once under a limit of 128 descriptors, and
+    their mappings go with them."""
+    proc = run_script(MANY_RESULTS_SCRIPT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    count, first, last, fds = proc.stdout.split("\n")[0].split()
+    assert (count, first, last) == ("200", "5.0", "1.0") and int(fds) < 64
+    assert proc.stdout.split("\n")[1] == "0"
+
+
 def _total(a):
     return float(a.sum())
 
