@@ -442,10 +442,7 @@ def _as_seconds(value):
         return None
     if _as_int(value) is not None or isinstance(value, float):
         return float(value)
-    try:
-        import numbers
-    except ImportError:     # pragma: no cover
-        return None
+    import numbers
     return float(value) if isinstance(value, numbers.Real) else None
 
 
@@ -1602,15 +1599,13 @@ class _ArrayReducer:
             if original is None or a.size == 0 or not a.flags.writeable:
                 continue
             np = _numpy()
-            order = _memory_order(a)
-            now = np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape,
-                            order=order)
-            width = a.dtype.itemsize
-            changed = (np.memmap(path, dtype=np.uint8, mode="r").reshape(
-                -1, width) != original.reshape(-1, order=order).view(
-                    np.uint8).reshape(-1, width)).any(axis=1)
-            np.copyto(a, now, where=changed.reshape(a.shape, order=order))
-            del now
+            order, width = _memory_order(a), a.dtype.itemsize
+            raw = np.memmap(path, dtype=np.uint8, mode="r")
+            changed = (raw.reshape(-1, width) != original.reshape(
+                -1, order=order).view(np.uint8).reshape(-1, width)).any(axis=1)
+            np.copyto(a, raw.view(a.dtype).reshape(a.shape, order=order),
+                      where=changed.reshape(a.shape, order=order))
+            del raw
 
     def take_kept(self):
         """The SharedArrays of this process pickled by reference since the
@@ -3335,10 +3330,16 @@ class LokyBackend(ParallelBackendBase):
     start_method: Optional[str] = None
     private_pool = False
 
-    def configure(self, n_jobs=1, parallel=None, temp_folder=None,
-                  max_nbytes=_DEFAULT_MAX_NBYTES, mmap_mode=_DEFAULT_MMAP_MODE,
-                  initializer=None, initargs=(), idle_worker_timeout=None,
-                  maxtasksperchild=None, **unknown):
+    def configure(self, n_jobs=1, parallel=None, **options):
+        # Keywords given to the backend itself, as parallel_config('loky',
+        # initializer=...) does, count too; the call's win (as in joblib).
+        return self._configure(n_jobs, parallel,
+                               **{**self.backend_kwargs, **options})
+
+    def _configure(self, n_jobs, parallel, temp_folder=None,
+                   max_nbytes=_DEFAULT_MAX_NBYTES, mmap_mode=_DEFAULT_MMAP_MODE,
+                   initializer=None, initargs=(), idle_worker_timeout=None,
+                   maxtasksperchild=None, **unknown):
         if maxtasksperchild is not None and not self.private_pool:
             unknown["maxtasksperchild"] = maxtasksperchild
         if unknown:

@@ -388,6 +388,37 @@ if __name__ == "__main__":
 """
 
 
+CONFIG_INITIALIZER_SCRIPT = r"""
+import os
+from parallel import Parallel, delayed, parallel_config
+def init(value):
+    os.environ["FROM_INIT"] = str(value)
+def read(_):
+    return os.environ.get("FROM_INIT")
+if __name__ == "__main__":
+    for backend in ("loky", "multiprocessing"):
+        with parallel_config(backend, initializer=init, initargs=(5,)):
+            print(Parallel(n_jobs=2)(delayed(read)(i) for i in range(2)))
+    try:
+        with parallel_config("loky", no_such_option=1):
+            Parallel(n_jobs=2)(delayed(read)(i) for i in range(2))
+    except ValueError as e:
+        print(e)
+"""
+
+
+def test_pool_keywords_given_to_parallel_config_reach_the_pool():
+    """As joblib: backend keywords of parallel_config (initializer, ...)
+    configure the pool, and unknown ones are refused."""
+    done = subprocess.run([sys.executable, "-c", CONFIG_INITIALIZER_SCRIPT],
+                          cwd=ROOT, env=script_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert lines[:2] == ["['5', '5']"] * 2, done.stdout
+    assert "unknown keyword" in lines[2] and "no_such_option" in lines[2]
+
+
 def test_initializer_from_main_or_a_lambda_works_on_every_process_backend():
     done = subprocess.run([sys.executable, "-c", INITIALIZER_SCRIPT],
                           cwd=ROOT, env=script_env(), capture_output=True,
