@@ -613,9 +613,12 @@ def test_dump_load_round_trip(tmp_path):
         assert set(out) == set(value) and out["meta"] == [1, "x"]
         for k in ("a", "f", "be", "s"):
             np.testing.assert_array_equal(out[k], value[k])
-            assert out[k].dtype == value[k].dtype
+            assert out[k].dtype == value[k].dtype or \
+                k == "be" and mode is None and out[k].dtype == "=i8"
         assert out["f"].flags.f_contiguous
-        assert out["be"].dtype.byteorder == ">"
+        # Memory-mapped arrays keep the saved byte order; arrays read into
+        # memory are native, as in joblib.
+        assert out["be"].dtype.byteorder == (">" if mode else "=")
     arr_path = tmp_path / "a.pkl"
     dump(np.arange(6.0), arr_path)
     m = load(arr_path, mmap_mode="r+")
@@ -775,6 +778,114 @@ def test_dump_compress_and_file_objects(tmp_path):
     other.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(ValueError, match="joblib"):
         parallel.load(str(other))
+
+
+class _Tagged(np.ndarray):
+    """An ndarray subclass with an attribute that must survive pickling."""
+
+    def __array_finalize__(self, obj):
+        self.tag = getattr(obj, "tag", None)
+
+    def __reduce__(self):
+        reduced = super().__reduce__()
+        return reduced[0], reduced[1], (reduced[2], self.tag)
+
+    def __setstate__(self, state):
+        super().__setstate__(state[0])
+        self.tag = state[1]
+
+
+def _subclass_samples(n):
+    data = np.arange(n, dtype=np.float64)
+    tagged = data.view(_Tagged)
+    tagged.tag = "kept"
+    return {
+        "masked": np.ma.masked_greater(data, 10),
+        "recarray": np.rec.fromarrays([data, data], names="a,b"),
+        "matrix": np.asmatrix(data),
+        "tagged": tagged,
+    }
+
+
+def _describe_subclass(x):
+    return (type(x).__name__, int(np.ma.count_masked(x)) if
+            isinstance(x, np.ma.MaskedArray) else None,
+            getattr(x, "tag", None),
+            float(np.asarray(x).sum() if x.dtype.names is None else
+                  np.asarray(x["a"]).sum()))
+
+
+def _make_subclass(kind, n):
+    return _subclass_samples(n)[kind]
+
+
+_NO_MATRIX_WARNING = pytest.mark.filterwarnings(
+    "ignore:the matrix subclass:PendingDeprecationWarning")
+
+
+@_NO_MATRIX_WARNING
+@pytest.mark.parametrize("compress", [0, 3])
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+def test_dump_load_keep_ndarray_subclasses(tmp_path, compress, mmap_mode):
+    # A masked array loaded without its mask is silently wrong data.
+    path = str(tmp_path / "sub.pkl")
+    for kind, value in _subclass_samples(100).items():
+        parallel.dump(value, path, compress=compress)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # compressed+mmap
+            out = parallel.load(path, mmap_mode=mmap_mode)
+        assert type(out) is type(value), kind
+        assert _describe_subclass(out) == _describe_subclass(value), kind
+        if kind == "masked":
+            np.testing.assert_array_equal(out.mask, value.mask)
+
+
+@_NO_MATRIX_WARNING
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [1000, 300_000])     # below and above 1 MB
+def test_ndarray_subclasses_cross_process_boundaries(n):
+    samples = _subclass_samples(n)
+    for kind, value in samples.items():
+        [got] = Parallel(n_jobs=2)(
+            delayed(_describe_subclass)(value) for _ in range(1))
+        assert got == _describe_subclass(value), kind
+        [back] = Parallel(n_jobs=2)(
+            delayed(_make_subclass)(kind, n) for _ in range(1))
+        assert type(back) is type(value), kind
+        assert _describe_subclass(back) == _describe_subclass(value), kind
+
+
+def test_load_gives_native_byte_order_unless_memory_mapped(tmp_path):
+    path = str(tmp_path / "be.pkl")
+    swapped = np.arange(5, dtype=np.dtype("i8").newbyteorder())
+    for compress in (0, 1):
+        parallel.dump(swapped, path, compress=compress)
+        out = parallel.load(path)
+        assert out.dtype.isnative
+        np.testing.assert_array_equal(out, swapped)
+    parallel.dump(swapped, path)
+    mapped = parallel.load(path, mmap_mode="r")
+    assert mapped.dtype == swapped.dtype      # the file's bytes, as saved
+    np.testing.assert_array_equal(mapped, swapped)
+    del mapped
+
+
+def test_dump_compress_names_bad_targets_and_unrewound_buffers(tmp_path):
+    import io
+    path = str(tmp_path / "c.pkl")
+    for compress in ("zlib", "gzip", ("gzip", 3), ("zlib", 9)):
+        parallel.dump({"a": np.arange(3)}, path, compress=compress)
+        np.testing.assert_array_equal(parallel.load(path)["a"], np.arange(3))
+    for compress in ("bz2", ("lzma", 3), "nope"):
+        with pytest.raises(ValueError, match="compress"):
+            parallel.dump(1, path, compress=compress)
+    with pytest.raises(ValueError, match=r"filename must be .*got \{\}"):
+        parallel.dump("foo", {})
+    with pytest.raises(ValueError, match="filename must be"):
+        parallel.load(42)
+    buffer = io.BytesIO()
+    parallel.dump(np.arange(3), buffer)       # as joblib: no seek(0) needed
+    np.testing.assert_array_equal(parallel.load(buffer), np.arange(3))
 
 
 def _change_in_place(a, name, value):
