@@ -2493,7 +2493,12 @@ def _limit_native_threads(env):
         env else None
 
 
-def _worker_main(conn, env, init_payload, caller_pid):
+# Set in worker processes: 'loky' or 'multiprocessing' (the backend whose
+# pool started this process); nested process-backend calls read it.
+_WORKER_KIND: List[Optional[str]] = [None]
+
+
+def _worker_main(conn, env, init_payload, caller_pid, kind="loky"):
     """Main loop of a worker process.  This runs in the worker process.
 
     Sets the thread-limit variables before any task imports numpy, ignores
@@ -2502,6 +2507,7 @@ def _worker_main(conn, env, init_payload, caller_pid):
     until it reads an empty message or end of file.  A failing initializer
     is reported as the error of the first batch, then the worker exits.
     """
+    _WORKER_KIND[0] = kind
     os.environ.update(env)
     _limit_native_threads(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -2683,9 +2689,11 @@ class _Pool:
 
     def __init__(self, start_method, env, initializer=None, initargs=(),
                  idle_timeout_s=_DEFAULT_IDLE_WORKER_TIMEOUT_S,
-                 max_batches_per_worker=None, main_by_reference=False):
+                 max_batches_per_worker=None, main_by_reference=False,
+                 kind="loky"):
         import multiprocessing
         self.ctx = multiprocessing.get_context(start_method)
+        self.kind = kind     # the backend, as workers report it (nesting)
         self.env = env
         # Workers forked for one call share __main__ as it is now (_dumps).
         self.main_names = dict(vars(sys.modules["__main__"])) if \
@@ -2754,7 +2762,7 @@ class _Pool:
             return
         process, parent_conn = _start_process(
             self.ctx, _worker_main,
-            (self.env, self.init_payload, os.getpid()))
+            (self.env, self.init_payload, os.getpid(), self.kind))
         with self.lock:
             if not self.closed:
                 self.workers.append(_PoolWorker(process, parent_conn))
@@ -3136,6 +3144,10 @@ class ParallelBackendBase:
     reports_task_starts = False
     batch_duration_band_s: Optional[Tuple[float, float]] = None
     MAX_NUM_THREADS_VARS = _THREAD_LIMIT_VARIABLES
+    # Defaults for subclasses whose __init__ skips ours (as joblib's).
+    nesting_level: Optional[int] = None
+    inner_max_num_threads: Optional[int] = None
+    backend_kwargs: Dict[str, Any] = {}
 
     def __init__(self, nesting_level=None, inner_max_num_threads=None,
                  **backend_kwargs):
@@ -3330,6 +3342,9 @@ class LokyBackend(ParallelBackendBase):
     Tasks are pickled once per batch with cloudpickle; arrays above
     ``max_nbytes`` travel as memory maps.  A worker that dies raises
     :class:`TerminatedWorkerError`; a timeout kills the overdue worker.
+    Named inside a task of a 'multiprocessing' worker or of a thread
+    backend, a call runs with n_jobs=1 and a UserWarning (as joblib; the
+    'multiprocessing' backend does so inside any worker).
 
     Extra ``Parallel``/``parallel_config`` keywords: ``initializer`` and
     ``initargs`` (run once per worker process, which is reused),
@@ -3343,6 +3358,35 @@ class LokyBackend(ParallelBackendBase):
                              _MAX_IDEAL_BATCH_DURATION_S)
     start_method: Optional[str] = None
     private_pool = False
+
+    def effective_n_jobs(self, n_jobs):
+        n_jobs = super().effective_n_jobs(n_jobs)
+        reason = self._nesting_refusal() if n_jobs != 1 else None
+        if reason is not None:
+            warnings.warn(reason + ", setting n_jobs=1", UserWarning,
+                          stacklevel=3)
+            return 1
+        return n_jobs
+
+    def _nesting_refusal(self):
+        """Why a call must run sequentially here, in joblib's words, or
+        None (as joblib): no process pool inside a 'multiprocessing'
+        worker, no 'multiprocessing' pool inside any worker, and none from
+        a thread backend's task (n_jobs x n_jobs processes)."""
+        kind = _WORKER_KIND[0]
+        if kind == "multiprocessing":
+            return "Multiprocessing-backed parallel loops cannot be nested" \
+                if self.private_pool else "Loky-backed parallel loops " \
+                "cannot be called in a multiprocessing worker"
+        if kind is not None and self.private_pool:
+            return "Multiprocessing-backed parallel loops cannot be " \
+                "nested, below loky"
+        if self.nesting_level and \
+                threading.current_thread() is not threading.main_thread():
+            return "%s-backed parallel loops cannot be nested below " \
+                "threads" % ("Multiprocessing" if self.private_pool
+                             else "Loky")
+        return None
 
     def configure(self, n_jobs=1, parallel=None, **options):
         # Keywords given to the backend itself, as parallel_config('loky',
@@ -3383,7 +3427,7 @@ class LokyBackend(ParallelBackendBase):
         if self.private_pool:
             self._pool = _Pool(method, env, initializer, initargs, idle,
                                maxtasksperchild, main_by_reference=(
-                                   method == "fork"))
+                                   method == "fork"), kind="multiprocessing")
         else:
             self._pool = _get_pool(method, env, initializer, initargs, idle)
         self._client = _Client(n_jobs)
@@ -3848,13 +3892,22 @@ def _backend_factory(name):
     return factory
 
 
+def _is_mp_context(value):
+    return hasattr(value, "Pool") and hasattr(value, "get_start_method")
+
+
 def _make_backend(spec, nesting_level=None):
-    """A backend instance from a name, a (name, params) pair or an instance.
+    """A backend instance from a name, a (name, params) pair, an instance or
+    a multiprocessing context.
 
     The one resolver used by Parallel and the context managers.
     """
     if isinstance(spec, ParallelBackendBase):
         backend = spec
+    elif _is_mp_context(spec):
+        # 'multiprocessing' with the context's start method (as joblib)
+        backend = MultiprocessingBackend()
+        backend.start_method = spec.get_start_method()
     else:
         name, params = (spec, {}) if not isinstance(spec, tuple) else spec
         if not isinstance(name, str):
@@ -3898,7 +3951,8 @@ class parallel_config:
     backend : str or ParallelBackendBase, optional
         Registered name (``'loky'``, ``'processes'``, ``'multiprocessing'``,
         ``'threading'``, ``'sequential'``, ``'dask'``, ``'ray'``, or one
-        registered with :func:`register_parallel_backend`) or an instance.
+        registered with :func:`register_parallel_backend`), an instance, or
+        a :mod:`multiprocessing` context.
     n_jobs : int or None, optional
         Workers for ``Parallel()`` calls in the block (-1: all CPUs).
     verbose : int, optional
@@ -3947,7 +4001,8 @@ class parallel_config:
                 "inner_max_num_threads", inner_max_num_threads)
         self.backend_instance = None
         if backend is not _UNSET and backend is not None:
-            if isinstance(backend, ParallelBackendBase):
+            if isinstance(backend, ParallelBackendBase) or _is_mp_context(
+                    backend):
                 if backend_params:
                     raise ValueError("backend parameters %s need a backend "
                                      "name, not an instance"
@@ -3971,8 +4026,12 @@ class parallel_config:
 
     def __enter__(self):
         """The configuration in force in the block, every key (as joblib's:
-        ``backend``, ``n_jobs``, ``verbose``, ... and ``progress``)."""
-        return {"backend": None, **_DEFAULTS, **self.config}
+        ``backend`` (an instance, or None), ``n_jobs``, ``verbose``, ... and
+        ``progress``)."""
+        config = {"backend": None, **_DEFAULTS, **self.config}
+        if self.backend_instance is not None:
+            config["backend"] = self.backend_instance
+        return config
 
     def __exit__(self, *exc_info):
         self.unregister()
@@ -4149,6 +4208,9 @@ class _Call:
             self.pre_dispatch_amount = value   # joblib's progress arithmetic
         # batches dispatched ahead; the sequential backend computes lazily
         self.window = 1 if sequential else value
+        # Until a first batch ends, at most pre_dispatch tasks are read from
+        # the input (as joblib: its islice of the first pre_dispatch items).
+        self.initial = pre != "all" and not sequential
         batcher = parallel._batcher
         if parallel.batch_size != "auto":
             self.batcher = _AutoBatcher(fixed=parallel.batch_size)
@@ -4160,7 +4222,10 @@ class _Call:
             self.batcher = _AutoBatcher(*backend.batch_duration_band_s)
             if parallel._managed is not None:
                 parallel._batcher = self.batcher
-        nested, nested_n_jobs = backend.get_nested_backend()
+        nested = backend.get_nested_backend()
+        # joblib's older contract returned the backend alone
+        nested, nested_n_jobs = nested if isinstance(nested, tuple) else \
+            (nested, None)
         self.nested_config = _ACTIVE_CONFIG.get() if sequential else {
             "backend": nested, "n_jobs": nested_n_jobs}
         self.track_starts = parallel.timeout is not None
@@ -4182,7 +4247,8 @@ class _Call:
                 self.size_message = None
             func, tasks = self._take(size)
             if not tasks:
-                self.exhausted = True
+                # used up, or the first pre_dispatch tasks are all out
+                self.exhausted = self.buffer.iterator is None
                 break
             batch = _Batch(tasks, self.nested_config, self.n_batches,
                            self.n_pulled, func)
@@ -4202,10 +4268,14 @@ class _Call:
         the end of the input is seen early enough to shrink the last
         batches."""
         buffer = self.buffer
+        room = sys.maxsize
+        if self.initial:   # spread the first pre_dispatch tasks over workers
+            room = self.pre_dispatch_amount - self.n_pulled - len(buffer)
+            size = min(size, max(1, self.pre_dispatch_amount // self.n_jobs))
         if self.n_tasks is not None:
-            buffer.read(size - len(buffer))
+            buffer.read(min(size - len(buffer), room))
         else:
-            buffer.read(size * self.n_jobs - len(buffer))
+            buffer.read(min(size * self.n_jobs - len(buffer), room))
             if buffer.iterator is None:   # the end is in sight: balance it
                 size = self.batcher.next_size(self.n_jobs, len(buffer))
         return buffer.take(size)
@@ -4225,8 +4295,8 @@ class _Call:
             except queue.Empty:
                 continue
             break
-        with self.backend.retrieval_context():
-            results = self.backend.retrieve_result_callback(out)
+        self.initial = False
+        results = self.backend.retrieve_result_callback(out)
         if len(results) != len(batch):
             raise RuntimeError("backend %s returned %d results for a batch of "
                                "%d tasks" % (type(self.backend).__name__,
@@ -4305,7 +4375,13 @@ class _Call:
 
     # -- the loop ------------------------------------------------------------
     def chunks(self):
-        """Yield lists of results (one per batch) in the chosen order."""
+        """Yield lists of results (one per batch) in the chosen order,
+        inside the backend's ``retrieval_context()`` (entered once per
+        call, as joblib)."""
+        with self.backend.retrieval_context():
+            yield from self._chunks()
+
+    def _chunks(self):
         try:
             self.backend.start_call()
             if self.parallel.verbose > 0 and not isinstance(
@@ -4403,7 +4479,10 @@ class Parallel(Generic[_Output]):
         ``'loky'``/``'processes'`` (default; reusable worker processes),
         ``'multiprocessing'``, ``'threading'``, ``'sequential'``,
         ``'dask'``, ``'ray'``, a name registered with
-        :func:`register_parallel_backend`, or an instance.  Libraries should prefer ``prefer``/``require``.
+        :func:`register_parallel_backend`, an instance, or a
+        :mod:`multiprocessing` context (the 'multiprocessing' backend with
+        that start method, as joblib).  Libraries should prefer
+        ``prefer``/``require``.
     return_as : {'list', 'generator', 'generator_unordered'}, default 'list'
         A list in input order, a generator in input order, or a generator in
         completion order.  Generators pull input only as they are consumed
@@ -4556,7 +4635,8 @@ class Parallel(Generic[_Output]):
                             backend_kwargs.get("idle_worker_timeout"),
                             backend_kwargs.get("maxtasksperchild"))
         self._backend_kwargs = backend_kwargs
-        self._backend = self._choose_backend(backend, cfg, values)
+        self._backend = self._choose_backend(backend, cfg, values,
+                                             n_jobs is not None)
         if self.n_jobs is None:       # as joblib: the backend's default
             self.n_jobs = self._backend.default_n_jobs
         if inner is not None:
@@ -4575,7 +4655,7 @@ class Parallel(Generic[_Output]):
         self._call: Optional[_Call] = None
         self._lock = threading.Lock()
 
-    def _choose_backend(self, backend, cfg, values):
+    def _choose_backend(self, backend, cfg, values, n_jobs_given):
         level = 0
         parent = cfg.get("backend")
         if isinstance(parent, ParallelBackendBase):
@@ -4597,6 +4677,10 @@ class Parallel(Generic[_Output]):
             if self.verbose >= 10:
                 self._print("Using ThreadingBackend instead of %s, which "
                             "does not share memory." % type(chosen).__name__)
+            if cfg.get("backend") is not None and not n_jobs_given:
+                # The configuration's n_jobs was for the backend that the
+                # constraint set aside: the default applies (as joblib).
+                self.n_jobs = None
             chosen = ThreadingBackend(nesting_level=level)
         return chosen
 

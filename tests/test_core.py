@@ -736,3 +736,148 @@ def test_cpu_count_honours_affinity_and_environment():
                 "print(cpu_count(), effective_n_jobs(-1))")
         done = run_script(code)
         assert done.stdout.split() == ["1", "1"], done.stderr
+
+
+# --- joblib compatibility found by running joblib's own tests -----------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pre_dispatch,batch_size,expected", [
+    (3, 1, 3), (1, 1, 1), ("2*n_jobs", 1, 4), ("2*n_jobs", 5, 4)])
+def test_pre_dispatch_counts_tasks_read_up_front(pre_dispatch, batch_size,
+                                                 expected):
+    # As joblib: until a first batch ends, at most pre_dispatch tasks are
+    # read from the input, whatever the batch size.
+    gate = threading.Event()
+    pulled = []
+
+    def task(i):
+        gate.wait(10)
+        return i
+
+    def producer():
+        for i in range(40):
+            pulled.append(i)
+            yield delayed(task)(i)
+
+    out = []
+    runner = threading.Thread(target=lambda: out.extend(Parallel(
+        n_jobs=2, backend="threading", pre_dispatch=pre_dispatch,
+        batch_size=batch_size)(producer())))
+    runner.start()
+    try:
+        time.sleep(0.5)
+        assert len(pulled) == expected
+    finally:
+        gate.set()
+        runner.join(30)
+    assert out == list(range(40))
+
+
+def test_multiprocessing_context_as_backend():
+    ctx = multiprocessing.get_context("spawn")
+    p = Parallel(n_jobs=2, backend=ctx)
+    assert isinstance(p._backend, parallel.MultiprocessingBackend)
+    assert p(delayed(square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+    assert p._backend.start_method == "spawn"
+    with parallel_config(backend=ctx):
+        assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(3)) == \
+            [0, 1, 4]
+
+
+class _NoSuperInitBackend(parallel.SequentialBackend):
+    def __init__(self, param=None):   # joblib's tests do this
+        self.param = param
+
+
+class _OldStyleNestedBackend(parallel.ThreadingBackend):
+    def get_nested_backend(self):     # joblib's older contract
+        return super().get_nested_backend()[0]
+
+
+def test_custom_backends_of_joblib_shapes_work():
+    register_parallel_backend("no_super_init", _NoSuperInitBackend)
+    register_parallel_backend("old_style_nested", _OldStyleNestedBackend)
+    try:
+        with parallel_config("no_super_init", param=42):
+            assert Parallel()(delayed(square)(i) for i in range(3)) == \
+                [0, 1, 4]
+        with parallel_config(_NoSuperInitBackend(43)):
+            assert Parallel()(delayed(square)(i) for i in range(3)) == \
+                [0, 1, 4]
+        assert Parallel(n_jobs=2, backend="old_style_nested")(
+            delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    finally:
+        parallel.BACKENDS.pop("no_super_init", None)
+        parallel.BACKENDS.pop("old_style_nested", None)
+
+
+def test_parallel_config_with_target_holds_a_backend_instance():
+    with parallel_config("threading", n_jobs=2) as cfg:
+        assert isinstance(cfg["backend"], parallel.ThreadingBackend)
+        assert cfg["backend"].nesting_level == 0
+        assert cfg["n_jobs"] == 2
+
+
+def test_require_sharedmem_sets_aside_the_configured_backend_and_n_jobs():
+    with parallel_config("loky", n_jobs=2):
+        p = Parallel(require="sharedmem")
+        assert type(p._backend) is parallel.ThreadingBackend
+        assert p.n_jobs == 1          # the n_jobs was the set-aside backend's
+        p = Parallel(n_jobs=3, require="sharedmem")
+        assert p.n_jobs == 3
+    with parallel_config(n_jobs=2):  # no backend: the n_jobs stays
+        assert Parallel(require="sharedmem").n_jobs == 2
+
+
+def test_retrieval_context_is_entered_once_per_call():
+    entered = []
+
+    class Backend(parallel.ThreadingBackend):
+        def retrieval_context(self):
+            import contextlib
+
+            @contextlib.contextmanager
+            def context():
+                entered.append(1)
+                yield
+            return context()
+
+    assert Parallel(n_jobs=2, backend=Backend(), batch_size=1)(
+        delayed(square)(i) for i in range(6)) == [0, 1, 4, 9, 16, 25]
+    assert entered == [1]
+
+
+def nested_call_report(backend, n_jobs):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pids = Parallel(n_jobs=n_jobs, backend=backend)(
+            delayed(os.getpid)() for _ in range(4))
+    return [str(w.message) for w in caught], len(set(pids))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("outer,inner,message", [
+    ("loky", "multiprocessing", "Multiprocessing-backed parallel loops "
+     "cannot be nested, below loky, setting n_jobs=1"),
+    ("loky", "loky", None),
+    ("multiprocessing", "multiprocessing", "Multiprocessing-backed parallel "
+     "loops cannot be nested, setting n_jobs=1"),
+    ("multiprocessing", "loky", "Loky-backed parallel loops cannot be called "
+     "in a multiprocessing worker, setting n_jobs=1"),
+    ("threading", "multiprocessing", "Multiprocessing-backed parallel loops "
+     "cannot be nested below threads, setting n_jobs=1"),
+    ("threading", "loky", "Loky-backed parallel loops cannot be nested "
+     "below threads, setting n_jobs=1"),
+])
+def test_nested_process_calls_are_reduced_with_a_warning_b19(outer, inner,
+                                                             message):
+    # As joblib: no n_jobs x n_jobs processes; said in a warning.
+    [(caught, n_pids)] = Parallel(n_jobs=2, backend=outer)(
+        delayed(nested_call_report)(inner, 2) for _ in range(1))
+    if message is None:
+        assert caught == [] and n_pids == 2
+    else:
+        assert caught == [message] and n_pids == 1
+    [(caught, _)] = Parallel(n_jobs=2, backend=outer)(
+        delayed(nested_call_report)(inner, 1) for _ in range(1))
+    assert caught == []
