@@ -4430,7 +4430,13 @@ class _Call:
                 self.backend.cancel_pending()
             raise
         except BaseException:   # Ctrl-C, generator closed or dropped
-            if self.active:
+            if sys.is_finalizing():
+                # A generator dropped at interpreter exit: the pools were
+                # stopped at exit and the tracker removes the files; a pool
+                # lock may be held by a daemon thread that will never run
+                # again, so touch nothing.
+                self.active = False
+            elif self.active:
                 self.backend.abort_everything(ensure_ready=True)
             raise
         finally:
