@@ -3647,6 +3647,9 @@ def _run_batch_reporting_errors(batch):
         return False, _pack_exception(e)
 
 
+_RAY_TASK: list = []     # ray.remote(_run_batch_reporting_errors)
+
+
 class RayBackend(ParallelBackendBase):
     """Runs batches as Ray tasks on the Ray cluster of this process.
 
@@ -3711,8 +3714,10 @@ class RayBackend(ParallelBackendBase):
         ray = self._ray()
         self.parallel = parallel
         self._refs = {}
-        self._remote = ray.remote(_run_batch_reporting_errors).options(
-            max_retries=0, **self.ray_remote_args)
+        if not _RAY_TASK:      # made once: Ray exports it once per cluster
+            _RAY_TASK.append(ray.remote(_run_batch_reporting_errors))
+        self._remote = _RAY_TASK[0].options(max_retries=0,
+                                            **self.ray_remote_args)
         return self.effective_n_jobs(n_jobs)
 
     def submit(self, batch, callback):
