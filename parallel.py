@@ -4018,8 +4018,10 @@ class parallel_config:
             parent = (old or {}).get("backend")
             level = parent.nesting_level if isinstance(
                 parent, ParallelBackendBase) else 0
+            # One instance for the block, as joblib: Parallel() in the block
+            # holds it (and each call runs on its own copy of it).
             self.backend_instance = _make_backend(spec, level)
-            config["backend"] = spec
+            config["backend"] = self.backend_instance
         elif backend_params:
             raise ValueError("inner_max_num_threads and backend parameters "
                              "%s need a backend name" % sorted(backend_params))
@@ -4033,10 +4035,7 @@ class parallel_config:
         """The configuration in force in the block, every key (as joblib's:
         ``backend`` (an instance, or None), ``n_jobs``, ``verbose``, ... and
         ``progress``)."""
-        config = {"backend": None, **_DEFAULTS, **self.config}
-        if self.backend_instance is not None:
-            config["backend"] = self.backend_instance
-        return config
+        return {"backend": None, **_DEFAULTS, **self.config}
 
     def __exit__(self, *exc_info):
         self.unregister()
@@ -4655,6 +4654,8 @@ class Parallel(Generic[_Output]):
                 raise ValueError("inner_max_num_threads=%r: the %s backend "
                                  "cannot limit native threads in its workers"
                                  % (inner, type(self._backend).__name__))
+            import copy
+            self._backend = copy.copy(self._backend)   # not the block's
             self._backend.inner_max_num_threads = inner
         if self.return_as != "list" and \
                 not self._backend.supports_return_generator:
