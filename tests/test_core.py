@@ -815,6 +815,11 @@ def test_parallel_config_with_target_holds_a_backend_instance():
         assert isinstance(cfg["backend"], parallel.ThreadingBackend)
         assert cfg["backend"].nesting_level == 0
         assert cfg["n_jobs"] == 2
+        assert Parallel()._backend is cfg["backend"]    # as joblib
+    with parallel_config("loky", n_jobs=2) as cfg:
+        p = Parallel(inner_max_num_threads=1)
+        assert p._backend.inner_max_num_threads == 1
+        assert cfg["backend"].inner_max_num_threads is None  # untouched
 
 
 def test_require_sharedmem_sets_aside_the_configured_backend_and_n_jobs():
