@@ -648,7 +648,7 @@ class _Batch:
         self.start = start          # index of the first task within the call
         self.future = None
         self.done = False           # its result reached the caller
-        self.finished = False       # it ran to its end (any thread)
+        self.finished = 0.0         # monotonic time it ended (any thread)
         self.results = None
         self.duration_s = None
         self.task_started_s = None  # monotonic start of the running task
@@ -693,7 +693,15 @@ class _Batch:
             func = self.func
             if on_task_start is None and not self.track_starts:
                 if func is not None:
-                    return list(itertools.starmap(func, self.tasks))
+                    results = list(itertools.starmap(func, self.tasks))
+                    if len(results) < len(self.tasks):
+                        # starmap took a task's StopIteration for its end
+                        raise RuntimeError(
+                            "generator raised StopIteration (task %d of the "
+                            "batch, calling %s, raised StopIteration)" % (
+                                len(results), getattr(func, "__qualname__",
+                                                      func)))
+                    return results
                 results = []
                 append = results.append
                 for func, args, kwargs in self.tasks:
@@ -2551,10 +2559,19 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
     """Unpickle, run and answer one batch.  This runs in the worker process."""
     def on_start(i):
         _worker_send(conn, _MSG_START, batch_id, i.to_bytes(4, "little"))
+    kind, data = _run_payload(payload, on_start if track else None)
+    _worker_send(conn, kind, batch_id, data)
+
+
+def _run_payload(payload, on_task_start=None):
+    """Unpickle and run a pickled batch; return ``(_MSG_RESULT, pickled
+    (duration_s, results))`` or ``(_MSG_ERROR, pickled packed exception)``
+    (see :func:`_pack_exception`).  This runs in a worker (of a pool, or
+    of dask or Ray)."""
     batch = None
     try:
         batch = pickle.loads(payload)
-        results = batch(on_task_start=on_start if track else None)
+        results = batch(on_task_start=on_task_start)
     except BaseException as e:
         if batch is None:
             e = WorkerError("the task could not be unpickled in the worker "
@@ -2567,12 +2584,10 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
                                 "modules importable there"))
         elif batch.tasks:
             e = _read_only_hint(e, batch.triples())
-        packed = _pack_exception(e)
-        _worker_send(conn, _MSG_ERROR, batch_id, pickle.dumps(packed))
-        return
+        return _MSG_ERROR, pickle.dumps(_pack_exception(e))
     try:
-        data = _dumps((batch.duration_s, results),
-                      _ResultReducer(batch.result_folder))
+        return _MSG_RESULT, _dumps((batch.duration_s, results),
+                                   _ResultReducer(batch.result_folder))
     except Exception as e:
         index = _first_unpicklable(results)
         func = batch.function(index) if index is not None else None
@@ -2583,10 +2598,7 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
                 getattr(func, "__qualname__", func), type(e).__name__,
                 e), _qualname(type(e)), str(e),
             __import__("traceback").format_exc())
-        _worker_send(conn, _MSG_ERROR, batch_id,
-                     pickle.dumps(_pack_exception(err)))
-        return
-    _worker_send(conn, _MSG_RESULT, batch_id, data)
+        return _MSG_ERROR, pickle.dumps(_pack_exception(err))
 
 
 def _first_unpicklable(results):
@@ -2596,6 +2608,36 @@ def _first_unpicklable(results):
         except Exception:
             return i
     return None
+
+
+def _pickle_batch(batch, reducer, main_names=None):
+    """The batch as bytes for a worker (see :func:`_dumps`), its tasks then
+    dropped (they die young) and the shared arrays that the bytes name kept
+    on ``batch.keep`` until the batch ends.  Raises PicklingError naming
+    the tasks, or OSError (a full temp folder)."""
+    try:
+        payload = _dumps(batch, reducer, main_names)
+    except OSError:
+        raise
+    except Exception as e:
+        raise pickle.PicklingError(
+            "could not pickle the task to send it to the workers: batch "
+            "of tasks %d..%d, calling %s (%s: %s)" % (
+                batch.start, batch.start + len(batch) - 1,
+                getattr(batch.function(), "__qualname__",
+                        batch.function()), type(e).__name__, e)) from e
+    batch.tasks = ()
+    batch.keep = reducer.take_kept()
+    return payload
+
+
+def _outcome(kind, data):
+    """The results list of what :func:`_run_payload` returned, or raise the
+    worker's exception (rebuilt in the caller)."""
+    if kind == _MSG_RESULT:
+        duration_s, results = pickle.loads(data)
+        return results
+    raise _unpack_exception(pickle.loads(data))
 
 
 class _NoImportInFlight:
@@ -3193,6 +3235,12 @@ class ParallelBackendBase:
         exception.  Runs in the caller's thread."""
         return out.result()
 
+    def max_running_batches(self, n_jobs):
+        """How many batches can run at once for ``n_jobs`` (the others wait
+        in the backend's queue); counts timeouts where starts are not
+        reported."""
+        return n_jobs
+
     def cancel_pending(self):
         """Drop batches not started yet; running ones may finish."""
 
@@ -3460,32 +3508,15 @@ class LokyBackend(ParallelBackendBase):
 
     def submit(self, batch, callback):
         batch.result_folder = self._folder.get()
-        try:
-            payload = _dumps(batch, self._reducer, self._pool.main_names)
-        except OSError:
-            raise
-        except Exception as e:
-            raise pickle.PicklingError(
-                "could not pickle the task to send it to the workers: batch "
-                "of tasks %d..%d, calling %s (%s: %s)" % (
-                    batch.start, batch.start + len(batch) - 1,
-                    getattr(batch.function(), "__qualname__",
-                            batch.function()), type(e).__name__, e)) from e
-        # The payload holds the tasks: drop them so that they die young
-        # (a full garbage collection costs more than the whole dispatch),
-        # keeping only the shared arrays it names.
-        batch.tasks = ()
-        batch.keep = self._reducer.take_kept()
+        # The payload holds the tasks: they are dropped so that they die
+        # young (a full garbage collection costs more than the dispatch).
+        payload = _pickle_batch(batch, self._reducer, self._pool.main_names)
         self._pool.submit(self._client, batch, payload,
                           lambda kind, data: callback((kind, data)))
         return None
 
     def retrieve_result_callback(self, out):
-        kind, data = out
-        if kind == _MSG_RESULT:
-            duration_s, results = pickle.loads(data)
-            return results
-        raise _unpack_exception(pickle.loads(data))
+        return _outcome(*out)
 
     def cancel_pending(self):
         self._pool.cancel(self._client)
@@ -3550,9 +3581,15 @@ class DaskBackend(ParallelBackendBase):
     ``distributed.Client`` (or ``client=`` given to parallel_config).
 
     n_jobs=-1 (the default here) means every thread of the cluster, -2 all
-    but one.  A task that kills its dask worker fails the call promptly
-    with :class:`TerminatedWorkerError` (chained from dask's
-    ``KilledWorker``) instead of hanging.  Registered on first use of the name ``'dask'``.
+    but one.  Tasks travel pickled as for the process backends: memmaps
+    and shared arrays by reference (workers on this host write into the
+    caller's), other arrays by value; exceptions keep their type, cause
+    chain and traceback text.  A task that kills its dask worker fails the
+    call promptly with :class:`TerminatedWorkerError` (chained from dask's
+    ``KilledWorker``) instead of hanging.  A call made inside a dask task
+    leaves the worker's thread pool while it waits (as joblib's), so
+    nested calls do not deadlock.  Registered on first use of the name
+    ``'dask'``.
 
     Parameters
     ----------
@@ -3577,6 +3614,7 @@ class DaskBackend(ParallelBackendBase):
         super().__init__(nesting_level, inner_max_num_threads,
                          **backend_kwargs)
         self.client = client
+        self._threads = 1      # of the cluster, at configure
 
     def effective_n_jobs(self, n_jobs):
         super().effective_n_jobs(n_jobs)
@@ -3595,13 +3633,19 @@ class DaskBackend(ParallelBackendBase):
             self.client = get_client()
         self.parallel = parallel
         self._futures = set()
+        self._threads = sum(self.client.nthreads().values()) or 1
         return self.effective_n_jobs(n_jobs)
+
+    def max_running_batches(self, n_jobs):
+        return max(1, min(n_jobs, self._threads))
 
     def submit(self, batch, callback):
         func = batch.function()
         key = "parallel-batch-%s-%s" % (
             getattr(func, "__name__", type(func).__name__), os.urandom(8).hex())
-        future = self.client.submit(batch, pure=False, key=key)
+        payload = _pickle_batch(batch, _ArrayReducer(None, None, None))
+        future = self.client.submit(_run_payload, payload, pure=False,
+                                    key=key)
         self._futures.add(future)
         future.add_done_callback(_forgetful(callback))
         return future
@@ -3609,7 +3653,7 @@ class DaskBackend(ParallelBackendBase):
     def retrieve_result_callback(self, out):
         self._futures.discard(out)
         try:
-            return out.result()
+            return _outcome(*out.result())
         except Exception as e:
             if type(e).__name__ != "KilledWorker":
                 raise
@@ -3622,6 +3666,23 @@ class DaskBackend(ParallelBackendBase):
         futures, self._futures = list(self._futures), set()
         if futures:
             self.client.cancel(futures)
+
+    def retrieval_context(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def seceded():
+            from distributed import rejoin, secede  # type: ignore
+            from distributed.worker import thread_state  # type: ignore
+            inside = hasattr(thread_state, "execution_state")
+            if inside:     # a dask task: free its worker thread meanwhile
+                secede()
+            try:
+                yield
+            finally:
+                if inside:
+                    rejoin()
+        return seceded()
 
     def get_nested_backend(self):
         return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), \
@@ -3637,17 +3698,16 @@ def _register_ray():
     BACKENDS["ray"] = RayBackend
 
 
-def _run_batch_reporting_errors(batch):
-    """Run a batch; return ``(True, results)``, or ``(False, packed)`` with
-    the exception packed as the process workers pack it (type, message,
-    cause chain, traceback text).  This runs in a Ray worker."""
+_RAY_TASK: list = []     # ray.remote(_run_payload)
+
+
+def _in_ray_task(ray):
+    """True when this code runs in a Ray worker (a task or an actor)."""
     try:
-        return True, batch()
-    except BaseException as e:
-        return False, _pack_exception(e)
-
-
-_RAY_TASK: list = []     # ray.remote(_run_batch_reporting_errors)
+        from ray._private.worker import WORKER_MODE  # type: ignore
+        return ray.get_runtime_context().worker.mode == WORKER_MODE
+    except Exception:   # another Ray layout: assume the driver
+        return False
 
 
 class RayBackend(ParallelBackendBase):
@@ -3656,13 +3716,18 @@ class RayBackend(ParallelBackendBase):
     When Ray is not initialized, ``ray.init()`` is called, which connects
     to ``RAY_ADDRESS`` or starts a local cluster (as Ray's own joblib
     backend does).  n_jobs=-1 (the default here) means every CPU of the
-    cluster, -2 all but one.  Worker exceptions keep their type, message,
-    ``__cause__`` chain and traceback text, as with the process backends.
-    A task whose Ray worker dies fails the call at once with
-    :class:`TerminatedWorkerError` (chained from Ray's error; tasks are not
-    retried).  On a timeout or Ctrl-C the running tasks are cancelled with
-    ``ray.cancel(force=True)``, which ends their worker processes.
-    Registered on first use of the name ``'ray'``.
+    cluster, -2 all but one.  Tasks travel pickled as for the process
+    backends: memmaps and shared arrays by reference (workers on this host
+    write into the caller's), other arrays by value (writable on both
+    sides); exceptions keep their type, message, ``__cause__`` chain and
+    traceback text.  A task whose Ray worker dies fails the call at once
+    with :class:`TerminatedWorkerError` (chained from Ray's error; tasks
+    are not retried unless ``ray_remote_args`` sets ``max_retries``).  On
+    a timeout or Ctrl-C the running tasks are cancelled with
+    ``ray.cancel(force=True)``, which ends their worker processes.  Named
+    inside a Ray task, a call runs with n_jobs=1 and a UserWarning (its
+    outer task would hold the CPU its inner tasks wait for).  Registered
+    on first use of the name ``'ray'``.
 
     Parameters
     ----------
@@ -3670,12 +3735,15 @@ class RayBackend(ParallelBackendBase):
         As :class:`ParallelBackendBase` (Ray manages its workers itself).
     ray_remote_args : dict, optional
         Options of every Ray task (``ray.remote`` keywords such as
-        ``num_cpus`` or ``resources``); default: one CPU per task.
+        ``num_cpus``, ``resources`` or ``max_retries``); default: one CPU
+        per task.  A request larger than the whole cluster warns (the
+        tasks would wait for resources that may never come).
 
     Raises
     ------
     ValueError
-        When Ray is not installed (at registration).
+        When Ray is not installed (at registration); ``num_returns`` other
+        than 1 in ``ray_remote_args``.
     """
 
     supports_timeout = True
@@ -3693,8 +3761,13 @@ class RayBackend(ParallelBackendBase):
                                         "ray.remote options (got %r)"
                                         % (ray_remote_args,))
         self.ray_remote_args = dict(ray_remote_args or {})
+        if self.ray_remote_args.get("num_returns", 1) != 1:
+            raise ValueError("ray_remote_args: num_returns=%r is not "
+                             "supported (a batch returns one object)"
+                             % (self.ray_remote_args["num_returns"],))
         self._refs = {}    # future -> ObjectRef
         self._remote = None
+        self._cpus = 1.0       # of the cluster, at configure
 
     @staticmethod
     def _ray():
@@ -3705,9 +3778,16 @@ class RayBackend(ParallelBackendBase):
 
     def effective_n_jobs(self, n_jobs):
         super().effective_n_jobs(n_jobs)
-        cpus = int(self._ray().cluster_resources().get("CPU", 0)) or 1
+        ray = self._ray()
+        cpus = int(ray.cluster_resources().get("CPU", 0)) or 1
         if n_jobs is None or n_jobs < 0:
-            return max(cpus + 1 + (n_jobs or -1), 1)
+            n_jobs = max(cpus + 1 + (n_jobs or -1), 1)
+        if n_jobs != 1 and _in_ray_task(ray):
+            warnings.warn("Ray-backed parallel loops cannot be nested in a "
+                          "Ray task (it would hold the CPU that its inner "
+                          "tasks wait for), setting n_jobs=1", UserWarning,
+                          stacklevel=3)
+            return 1
         return n_jobs
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
@@ -3715,13 +3795,41 @@ class RayBackend(ParallelBackendBase):
         self.parallel = parallel
         self._refs = {}
         if not _RAY_TASK:      # made once: Ray exports it once per cluster
-            _RAY_TASK.append(ray.remote(_run_batch_reporting_errors))
-        self._remote = _RAY_TASK[0].options(max_retries=0,
-                                            **self.ray_remote_args)
-        return self.effective_n_jobs(n_jobs)
+            _RAY_TASK.append(ray.remote(_run_payload))
+        self._remote = _RAY_TASK[0].options(
+            **{"max_retries": 0, **self.ray_remote_args})
+        cluster = ray.cluster_resources()
+        self._cpus = cluster.get("CPU", 1)
+        self._warn_unsatisfiable(cluster)
+        n_jobs = self.effective_n_jobs(n_jobs)
+        if n_jobs == 1 and _in_ray_task(ray):   # in this task, not on Ray
+            raise FallbackToBackend(SequentialBackend(
+                nesting_level=self.nesting_level))
+        return n_jobs
+
+    def max_running_batches(self, n_jobs):
+        per_task = float(self.ray_remote_args.get("num_cpus") or 1)
+        return max(1, min(n_jobs, int(self._cpus // per_task)))
+
+    def _warn_unsatisfiable(self, cluster):
+        args = self.ray_remote_args
+        wanted = dict(args.get("resources") or {})
+        for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU"),
+                          ("memory", "memory")):
+            if args.get(key):
+                wanted[name] = args[key]
+        missing = {name: amount for name, amount in wanted.items()
+                   if amount > cluster.get(name, 0)}
+        if missing:
+            warnings.warn("ray_remote_args ask for %s per task but the whole "
+                          "Ray cluster has %s: the tasks wait until it has "
+                          "them" % (missing, {name: cluster.get(name, 0)
+                                              for name in missing}),
+                          UserWarning, stacklevel=4)
 
     def submit(self, batch, callback):
-        ref = self._remote.remote(batch)
+        payload = _pickle_batch(batch, _ArrayReducer(None, None, None))
+        ref = self._remote.remote(payload)
         future = ref.future()
         self._refs[future] = ref
         future.add_done_callback(_forgetful(callback))
@@ -3730,7 +3838,7 @@ class RayBackend(ParallelBackendBase):
     def retrieve_result_callback(self, out):
         self._refs.pop(out, None)
         try:
-            ok, value = out.result()
+            kind, data = out.result()
         except Exception as e:
             import ray.exceptions  # type: ignore
             died = tuple(getattr(ray.exceptions, name) for name in (
@@ -3740,11 +3848,10 @@ class RayBackend(ParallelBackendBase):
                     getattr(e, "cause", None), ray.exceptions.RaySystemError):
                 cause = getattr(e, "cause", None) or e
                 raise WorkerError(
-                    "the task could not be unpickled in a Ray worker (%s); "
-                    "its arguments must be picklable and their modules "
-                    "importable there (for modules of a local folder, start "
-                    "Ray with runtime_env={'working_dir': ...} or "
-                    "{'env_vars': {'PYTHONPATH': ...}})" % (
+                    "a Ray worker could not load the task (%s); this module "
+                    "must be importable there (for modules of a local "
+                    "folder, start Ray with runtime_env={'working_dir': ...} "
+                    "or {'env_vars': {'PYTHONPATH': ...}})" % (
                         str(cause).strip().splitlines()[-1],)) from e
             if not isinstance(e, died):
                 raise
@@ -3754,9 +3861,7 @@ class RayBackend(ParallelBackendBase):
                 "OS killing it for using too much memory"
                 % (type(e).__name__, str(e).strip().splitlines()[0]
                    if str(e).strip() else "")) from e
-        if ok:
-            return value
-        raise _unpack_exception(value)
+        return _outcome(kind, data)
 
     def _cancel(self, force):
         refs, self._refs = list(self._refs.values()), {}
@@ -4172,7 +4277,7 @@ def _progress_reporter(progress, total):
 def _batch_finished(queue, batch, out):
     """A backend's completion callback (any thread): the batch no longer
     runs, whenever the caller gets to its result."""
-    batch.finished = True
+    batch.finished = time.monotonic()
     queue.put((batch, out))
 
 
@@ -4215,10 +4320,14 @@ class _Call:
         # Until a first batch ends, at most pre_dispatch tasks are read from
         # the input (as joblib: its islice of the first pre_dispatch items).
         self.initial = pre != "all" and not sequential
+        self.freed_s = 0.0     # latest end of a batch (see _check_deadlines)
         batcher = parallel._batcher
         if parallel.batch_size != "auto":
             self.batcher = _AutoBatcher(fixed=parallel.batch_size)
-        elif sequential or backend.batch_duration_band_s is None:
+        elif sequential or backend.batch_duration_band_s is None or (
+                parallel.timeout is not None and
+                not backend.reports_task_starts):
+            # (a timeout must see single tasks where starts are not reported)
             self.batcher = _AutoBatcher(fixed=1)
         elif batcher is not None and parallel._managed is not None:
             self.batcher = batcher            # stats persist in a with block
@@ -4300,6 +4409,7 @@ class _Call:
                 continue
             break
         self.initial = False
+        self.freed_s = max(self.freed_s, batch.finished)
         results = self.backend.retrieve_result_callback(out)
         if len(results) != len(batch):
             raise RuntimeError("backend %s returned %d results for a batch of "
@@ -4327,13 +4437,27 @@ class _Call:
         now = time.monotonic()
         nearest = 0.05
         track = self.backend.reports_task_starts
+        # Without start reports, the oldest unfinished batches that the
+        # backend can run at once run, each since a worker was free for it
+        # (the latest end of a batch, or its submission), and a batch of k
+        # tasks is overdue after k x timeout: then one of its tasks was.
+        capacity = self.backend.max_running_batches(self.n_jobs)
+        freed = max([self.freed_s] + [b.finished for b in self.inflight])
         for batch in self.inflight:
             if batch.finished:   # its result may wait for a slow consumer
                 continue
-            started = batch.task_started_s if track else batch.submitted_s
+            allowed = timeout
+            if not track:
+                if capacity <= 0:
+                    break        # the rest wait in the backend's queue
+                capacity -= 1
+                if batch.task_started_s is None:
+                    batch.task_started_s = max(batch.submitted_s, freed)
+                allowed = timeout * len(batch)
+            started = batch.task_started_s
             if started is None:
                 continue
-            left = started + timeout - now
+            left = started + allowed - now
             if left <= 0:
                 raise _parallel_timeout_error()(
                     "task %d ran longer than timeout=%s seconds" % (

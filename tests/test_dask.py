@@ -86,3 +86,42 @@ def test_dask_worker_death_fails_the_call_b25(client):
 def test_dask_task_exception_keeps_its_type(client):
     with pytest.raises(ZeroDivisionError):
         Parallel(backend="dask")(delayed(divmod)(1, i) for i in range(3))
+
+
+def inner_dask_call(i):
+    return sum(Parallel(backend="dask", n_jobs=2)(
+        delayed(square)(j) for j in range(i)))
+
+
+def write_into(a, i):
+    a[i] = i + 1
+
+
+def sleep_return(seconds, i):
+    import time
+    time.sleep(seconds)
+    return i
+
+
+@pytest.mark.timeout(120)
+def test_dask_call_nested_in_a_dask_task_does_not_deadlock(client):
+    # The outer tasks hold both worker threads: they leave them while they
+    # wait for their inner tasks (as joblib's retrieval_context).
+    assert Parallel(backend="dask", n_jobs=2, timeout=60)(
+        delayed(inner_dask_call)(i) for i in range(4)) == [0, 0, 1, 5]
+
+
+def test_dask_memmap_writes_reach_the_caller(client, tmp_path):
+    import numpy as np
+    mm = np.memmap(str(tmp_path / "out.dat"), dtype=np.float64, mode="w+",
+                   shape=(6,))
+    Parallel(backend="dask", n_jobs=2)(delayed(write_into)(mm, i)
+                                       for i in range(6))
+    assert mm.tolist() == [1, 2, 3, 4, 5, 6]
+    del mm
+
+
+def test_dask_timeout_does_not_count_queued_tasks(client):
+    # n_jobs=3 on 2 worker threads: a task waits, none runs 2 s.
+    assert Parallel(backend="dask", n_jobs=3, timeout=2)(
+        delayed(sleep_return)(0.6, i) for i in range(6)) == list(range(6))

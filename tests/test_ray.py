@@ -175,13 +175,101 @@ def test_ray_task_that_cannot_be_unpickled_names_the_cause(cluster,
     sys.path.insert(0, str(tmp_path))
     try:
         import only_here
-        with pytest.raises(WorkerError, match="could not be unpickled in a "
-                           "Ray worker.*only_here"):
+        with pytest.raises(WorkerError, match="could not be unpickled in "
+                           "the worker.*only_here.*importable"):
             Parallel(backend="ray", n_jobs=2)(
                 delayed(only_here.f)(i) for i in range(2))
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("only_here", None)
+
+
+def inner_ray_call(i):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        total = sum(Parallel(backend="ray", n_jobs=2)(
+            delayed(square)(j) for j in range(i)))
+    return total, [str(w.message) for w in caught]
+
+
+def write_into(a, i):
+    a[i] = i + 1
+
+
+def make_shared(n):
+    a = shared_zeros(n)
+    a[:] = 7
+    return a
+
+
+def center(x):
+    x -= x.mean()      # the task's copy of the input is writable
+    return x
+
+
+def test_ray_timeout_counts_from_the_start_of_each_task(cluster):
+    # 6 tasks of 0.5 s on 2 CPUs with n_jobs=3: some wait in Ray's queue,
+    # none runs longer than the timeout.
+    assert Parallel(backend="ray", n_jobs=3, timeout=2.5)(
+        delayed(sleep_return)(0.5, i) for i in range(6)) == list(range(6))
+    # A batch of 4 tasks of 0.3 s is not a task of 1.2 s.
+    assert Parallel(backend="ray", n_jobs=2, batch_size=4, timeout=1)(
+        delayed(sleep_return)(0.3, i) for i in range(8)) == list(range(8))
+
+
+def test_ray_call_nested_in_a_ray_task_runs_sequentially(cluster):
+    # Its outer task would hold the CPU that its inner tasks wait for.
+    out = Parallel(backend="ray", n_jobs=2, timeout=60)(
+        delayed(inner_ray_call)(i) for i in range(4))
+    assert [total for total, _ in out] == [0, 0, 1, 5]
+    for _, caught in out:
+        assert len(caught) == 1 and "cannot be nested in a Ray task" in \
+            caught[0]
+
+
+def test_ray_arrays_travel_as_with_process_backends(cluster, tmp_path):
+    mm = np.memmap(str(tmp_path / "out.dat"), dtype=np.float64, mode="w+",
+                   shape=(6,))
+    Parallel(backend="ray", n_jobs=2)(delayed(write_into)(mm, i)
+                                      for i in range(6))
+    assert mm.tolist() == [1, 2, 3, 4, 5, 6]      # writes reach the caller
+    del mm
+    made = Parallel(backend="ray", n_jobs=2)(delayed(make_shared)(10)
+                                             for _ in range(3))
+    for a in made:
+        assert type(a) is np.ndarray and a.tolist() == [7.0] * 10
+    x = np.arange(6.0)
+    [out] = Parallel(backend="ray", n_jobs=2)(delayed(center)(x)
+                                              for _ in range(1))
+    assert out.tolist() == (x - x.mean()).tolist() and out.flags.writeable
+
+
+def test_ray_unpicklable_arguments_and_results_are_named(cluster):
+    import pickle
+    import threading
+    with pytest.raises(pickle.PicklingError, match="calling square"):
+        Parallel(backend="ray", n_jobs=2)(
+            delayed(square)(threading.Lock()) for _ in range(2))
+    with pytest.raises(WorkerError, match="the result of task 0 .* could "
+                       "not be pickled"):
+        Parallel(backend="ray", n_jobs=2)(
+            delayed(threading.Lock)() for _ in range(1))
+
+
+def test_ray_remote_args_checks(cluster):
+    with pytest.raises(ValueError, match="num_returns"):
+        Parallel(backend=("ray", {"ray_remote_args": {"num_returns": 2}}))
+    # max_retries may be given (it replaces the default of 0)
+    with parallel_config(backend="ray", ray_remote_args={"max_retries": 2}):
+        assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(3)) == \
+            [0, 1, 4]
+    # More CPUs per task than the cluster has: said at once, not a hang.
+    with pytest.warns(UserWarning, match="ask for .*CPU"):
+        with pytest.raises(ParallelTimeoutError):
+            Parallel(backend=("ray", {"ray_remote_args": {"num_cpus": 4}}),
+                     n_jobs=2, timeout=1)(
+                delayed(square)(i) for i in range(2))
 
 
 def test_ray_missing_gives_a_clear_error():
