@@ -2563,6 +2563,12 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
     _worker_send(conn, kind, batch_id, data)
 
 
+# Set while a worker thread unpickles a task: a module imported for it that
+# starts a process-backed call at import time would start workers that
+# import it again, without end.
+_LOADING_TASK = threading.local()
+
+
 def _run_payload(payload, on_task_start=None):
     """Unpickle and run a pickled batch; return ``(_MSG_RESULT, pickled
     (duration_s, results))`` or ``(_MSG_ERROR, pickled packed exception)``
@@ -2570,7 +2576,11 @@ def _run_payload(payload, on_task_start=None):
     of dask or Ray)."""
     batch = None
     try:
-        batch = pickle.loads(payload)
+        _LOADING_TASK.active = True
+        try:
+            batch = pickle.loads(payload)
+        finally:
+            _LOADING_TASK.active = False
         results = batch(on_task_start=on_task_start)
     except BaseException as e:
         if batch is None:
@@ -2788,7 +2798,7 @@ class _Pool:
         with self.lock:
             self.clients.add(client)
             wanted = sum(c.max_workers for c in self.clients)
-            missing = wanted - sum(1 for w in self.workers if not w.retiring)
+            missing = wanted - self._serving()
         for _ in range(missing):
             self._spawn()
         self._wake()
@@ -2892,9 +2902,15 @@ class _Pool:
             if not idle:
                 break
         queued = sum(len(queue) for queue in self.queues.values())
-        busy = sum(1 for w in self.workers if not w.retiring)
         wanted = sum(c.max_workers for c in self.clients)
-        return max(0, min(queued, wanted - busy))
+        return max(0, min(queued, wanted - self._serving()))
+
+    def _serving(self):
+        """Workers that can serve the registered clients (lock held): not
+        retiring, and not still running a batch of a call that ended (after
+        its error): a new call gets workers of its own meanwhile."""
+        return sum(1 for w in self.workers if not w.retiring and not (
+            w.job is not None and w.job[0].closed))
 
     def _manage(self):
         """Manager loop.  This runs in the pool's manager thread."""
@@ -3069,9 +3085,11 @@ def _default_start_method(preferred=None):
 def _get_pool(start_method, env, initializer=None, initargs=(),
               idle_timeout_s=_DEFAULT_IDLE_WORKER_TIMEOUT_S):
     """The shared pool for these settings; pools with other settings and no
-    client have their workers stopped."""
+    client have their workers stopped.  The caller's ``sys.path`` is one of
+    them: workers started before a change to it could not import what
+    tasks need (joblib restarts its workers after the failure)."""
     key = (start_method, tuple(sorted(env.items())), initializer,
-           _hashable(initargs), idle_timeout_s)
+           _hashable(initargs), idle_timeout_s, tuple(sys.path))
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None or pool.closed:
@@ -3313,6 +3331,63 @@ class SequentialBackend(ParallelBackendBase):
         return SequentialBackend(nesting_level=self.nesting_level), None
 
 
+class _DaemonThreadPool:
+    """Up to ``n`` daemon threads running submitted callables.
+
+    As ``concurrent.futures.ThreadPoolExecutor`` (futures, lazily started
+    threads), but its threads are daemons, as joblib's: a task abandoned
+    after an error, a timeout or Ctrl-C does not keep the interpreter from
+    exiting.
+    """
+
+    def __init__(self, n):
+        import queue
+        self.n = n
+        self.queue: Any = queue.SimpleQueue()
+        self.threads: list = []
+
+    def submit(self, fn):
+        from concurrent.futures import Future
+        future: Any = Future()
+        self.queue.put((future, fn))
+        if len(self.threads) < self.n:
+            thread = threading.Thread(target=self._work, daemon=True,
+                                      name="parallel-thread-%d"
+                                      % len(self.threads))
+            thread.start()
+            self.threads.append(thread)
+        return future
+
+    def _work(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            future, fn = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as e:
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            del future, fn, item
+
+    def shutdown(self):
+        """Cancel what has not started; threads end after their task."""
+        import queue
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in self.threads:
+            self.queue.put(None)
+
+
 class ThreadingBackend(ParallelBackendBase):
     """Runs batches in a pool of threads of the caller's process.
 
@@ -3320,7 +3395,8 @@ class ThreadingBackend(ParallelBackendBase):
     and fast for code that releases the GIL (numpy, I/O).  Tasks get the
     nested configuration, not the caller's ``parallel_config`` (as joblib).
     A running task cannot be stopped: after an error, a timeout or Ctrl-C
-    nothing new starts and running tasks finish in the background.
+    nothing new starts and running tasks finish in the background, in
+    daemon threads (as joblib's: they do not delay the interpreter's exit).
     """
 
     supports_timeout = True
@@ -3342,9 +3418,7 @@ class ThreadingBackend(ParallelBackendBase):
 
     def submit(self, batch, callback):
         if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-            self._executor = ThreadPoolExecutor(
-                self._n_jobs, thread_name_prefix="parallel-thread")
+            self._executor = _DaemonThreadPool(self._n_jobs)
         future = self._executor.submit(batch)
         future.add_done_callback(callback)
         return future
@@ -3352,7 +3426,7 @@ class ThreadingBackend(ParallelBackendBase):
     def cancel_pending(self):
         executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown()
 
     def terminate(self):
         self.cancel_pending()
@@ -3418,10 +3492,17 @@ class LokyBackend(ParallelBackendBase):
 
     def _nesting_refusal(self):
         """Why a call must run sequentially here, in joblib's words, or
-        None (as joblib): no process pool inside a 'multiprocessing'
-        worker, no 'multiprocessing' pool inside any worker, and none from
-        a thread backend's task (n_jobs x n_jobs processes)."""
+        None (as joblib): no process pool inside a daemonic process or a
+        'multiprocessing' worker, no 'multiprocessing' pool inside any
+        worker, and none from a thread backend's task (n_jobs x n_jobs
+        processes)."""
         kind = _WORKER_KIND[0]
+        mp = sys.modules.get("multiprocessing")
+        if mp is not None and mp.current_process().daemon:
+            return "%s-backed parallel loops cannot be called in a daemonic " \
+                "process (such as a multiprocessing.Pool worker), which " \
+                "may not have children" % ("Multiprocessing" if
+                                           self.private_pool else "Loky")
         if kind == "multiprocessing":
             return "Multiprocessing-backed parallel loops cannot be nested" \
                 if self.private_pool else "Loky-backed parallel loops " \
@@ -3452,6 +3533,13 @@ class LokyBackend(ParallelBackendBase):
             raise ValueError("unknown keyword argument(s) for the %s backend: "
                              "%s" % (type(self).__name__,
                                      ", ".join(sorted(unknown))))
+        if getattr(_LOADING_TASK, "active", False):
+            raise RuntimeError(
+                "a process-backed Parallel call started while this worker "
+                "was loading a task: a module that the task needs starts it "
+                "when imported (each worker would import it and start more "
+                "workers); put that call under `if __name__ == "
+                "'__main__':` or inside a function")
         _check_pool_options(initializer, initargs, idle_worker_timeout,
                             maxtasksperchild)
         n_jobs = self.effective_n_jobs(n_jobs)
@@ -4431,7 +4519,7 @@ class _Call:
         if self.report is not None:
             self.report(self.n_done, self.n_tasks if not self.exhausted
                         else self.n_pulled)
-        self.print_progress()
+        self.parallel.print_progress()
 
     def _check_deadlines(self, timeout):
         now = time.monotonic()
@@ -4822,6 +4910,30 @@ class Parallel(Generic[_Output]):
 
     def __repr__(self):
         return "%s(n_jobs=%s)" % (type(self).__name__, self.n_jobs)
+
+    def print_progress(self) -> None:
+        """Print the verbose progress lines; called after each finished
+        batch, as joblib's.  Subclasses override it to drive their own
+        progress display from :attr:`n_completed_tasks` and
+        :attr:`n_dispatched_tasks` (joblib's recipe); see also
+        ``progress=``."""
+        if self._call is not None:
+            self._call.print_progress()
+
+    @property
+    def n_completed_tasks(self) -> int:
+        """Tasks of the current (or last) call whose results arrived."""
+        return self._call.n_done if self._call is not None else 0
+
+    @property
+    def n_dispatched_tasks(self) -> int:
+        """Tasks of the current (or last) call sent to workers."""
+        return self._call.n_pulled if self._call is not None else 0
+
+    @property
+    def n_dispatched_batches(self) -> int:
+        """Batches of the current (or last) call sent to workers."""
+        return self._call.n_batches if self._call is not None else 0
 
     def _print(self, message):
         write = sys.stderr.write if self.verbose < 50 else sys.stdout.write

@@ -886,3 +886,79 @@ def test_nested_process_calls_are_reduced_with_a_warning_b19(outer, inner,
     [(caught, _)] = Parallel(n_jobs=2, backend=outer)(
         delayed(nested_call_report)(inner, 1) for _ in range(1))
     assert caught == []
+
+
+THREAD_EXIT_SCRIPT = r"""
+import time
+from parallel import Parallel, delayed
+def stuck(i):
+    time.sleep(30 if i == 1 else 0.01)
+    return i
+def fails(i):
+    if i == 0:
+        raise ValueError("boom")
+    time.sleep(30)
+for make, error in ((lambda: Parallel(n_jobs=2, prefer="threads", timeout=1)(
+        delayed(stuck)(i) for i in range(4)), TimeoutError),
+                    (lambda: Parallel(n_jobs=2, prefer="threads")(
+        delayed(fails)(i) for i in range(2)), ValueError)):
+    try:
+        make()
+    except error as e:
+        print(type(e).__name__, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_abandoned_thread_tasks_do_not_delay_exit():
+    # As joblib's: after a timeout or an error the running thread tasks are
+    # left to daemon threads; the interpreter exits at once.
+    t0 = time.monotonic()
+    done = run_script(THREAD_EXIT_SCRIPT, timeout=50)
+    assert done.stdout.split() == ["ParallelTimeoutError", "ValueError"], \
+        done.stdout + done.stderr
+    assert done.returncode == 0
+    assert time.monotonic() - t0 < 15
+
+
+def call_in_pool_worker(backend):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = Parallel(n_jobs=2, backend=backend)(
+            delayed(abs)(-k) for k in range(4))
+    return out, [str(w.message) for w in caught]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_call_inside_a_multiprocessing_pool_worker_runs_sequentially(backend):
+    # A daemonic process may not have children (a Pool or Celery worker):
+    # as joblib, n_jobs=1 and a warning instead of an AssertionError.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        out, caught = pool.apply(call_in_pool_worker, (backend,))
+    assert out == [0, 1, 2, 3]
+    assert len(caught) == 1 and "cannot be called in a daemonic" in caught[0]
+
+
+class _ProgressParallel(Parallel):
+    """joblib's popular recipe for a progress bar (joblib#972)."""
+
+    def __init__(self, *args, **kwargs):
+        self.seen = []
+        super().__init__(*args, **kwargs)
+
+    def print_progress(self):
+        self.seen.append((self.n_completed_tasks, self.n_dispatched_tasks))
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_print_progress_override_drives_a_progress_bar(backend):
+    p = _ProgressParallel(n_jobs=2, backend=backend, batch_size=2)
+    assert p(delayed(square)(i) for i in range(20)) == \
+        [i * i for i in range(20)]
+    assert len(p.seen) == 10                      # once per finished batch
+    assert p.seen[-1] == (20, 20)
+    assert all(done <= sent for done, sent in p.seen)
+    assert [done for done, _ in p.seen] == sorted(done for done, _ in p.seen)
+    assert p.n_dispatched_batches == 10

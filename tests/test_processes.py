@@ -1018,3 +1018,72 @@ def test_timeout_names_the_overdue_task():
     with pytest.raises(ParallelTimeoutError, match="task 2 "):
         Parallel(n_jobs=2, timeout=0.5, batch_size=10)(
             delayed(time.sleep)(3 if i == 2 else 0) for i in range(10))
+
+
+LATER_PATH_SCRIPT = r"""
+import os, sys
+from parallel import Parallel, delayed
+print(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(2)))   # pool up
+sys.path.insert(0, sys.argv[1])
+import latermod
+print(Parallel(n_jobs=2)(delayed(latermod.f)(i) for i in range(4)))
+"""
+
+
+def test_sys_path_changed_after_workers_started(tmp_path):
+    # The module is importable only through the new sys.path entry.
+    (tmp_path / "latermod.py").write_text("def f(x):\n    return 10 * x\n")
+    done = subprocess.run([sys.executable, "-c", LATER_PATH_SCRIPT,
+                           str(tmp_path)], cwd=ROOT, env=script_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split("\n")[:2] == ["[0, 1]", "[0, 10, 20, 30]"], \
+        done.stdout + done.stderr
+
+
+IMPORT_TIME_MODULE = """
+from parallel import Parallel, delayed
+def foo(i):
+    return i
+print("module body ran", flush=True)
+print(Parallel(n_jobs=2)(delayed(foo)(i) for i in range(3)), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_call_at_import_time_of_a_task_module_fails_once(tmp_path):
+    # Workers import the module to load foo, which would start workers that
+    # import it again, without end: the workers' call fails instead.
+    (tmp_path / "importtime_mod.py").write_text(IMPORT_TIME_MODULE)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+         " import importtime_mod", str(tmp_path)], cwd=ROOT,
+        env=script_env(), capture_output=True, text=True, timeout=100)
+    assert done.returncode != 0
+    assert "started while this worker was loading a task" in done.stderr
+    assert done.stdout.count("module body ran") <= 6, done.stdout   # bounded
+
+
+def fail_first_or_sleep(i):
+    if i == 0:
+        raise ValueError("first task fails")
+    time.sleep(4)
+    return i
+
+
+def sleep_and_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_next_call_gets_full_n_jobs_while_an_abandoned_task_runs():
+    # After an error, a sibling task still runs (workers are not killed):
+    # the next call must not be left with fewer workers meanwhile.
+    with pytest.raises(ValueError):
+        Parallel(n_jobs=2, batch_size=1)(
+            delayed(fail_first_or_sleep)(i) for i in range(2))
+    t0 = time.monotonic()
+    pids = Parallel(n_jobs=2, batch_size=1)(
+        delayed(sleep_and_pid)(1.0) for _ in range(2))
+    assert time.monotonic() - t0 < 1.8      # both ran at once
+    assert len(set(pids)) == 2
