@@ -1051,9 +1051,13 @@ def _temp_root(temp_folder=None):
 
 
 # Runs in its own interpreter: removes what the parent registered once the
-# parent's end of its standard input closes (normal exit or SIGKILL).
+# parent's end of its standard input closes (normal exit or SIGKILL).  It
+# first detaches (forks, and the first process exits) so that supervisors
+# that kill a dead worker's child processes (Ray does) do not kill it too.
 _TRACKER_SOURCE = r"""
 import os, shutil, signal, sys
+if os.fork():
+    os._exit(0)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 paths = set()
 for line in sys.stdin.buffer:
@@ -1092,18 +1096,26 @@ class _Tracker:
     def _send(cls, op, path):
         line = op + os.fsencode(path).hex().encode() + b"\n"
         with cls._lock:
-            if cls._proc is None or cls._proc.poll() is not None:
-                import subprocess
-                with _START_LOCK:
-                    cls._proc = subprocess.Popen(
-                        [sys.executable, "-I", "-S", "-c", _TRACKER_SOURCE],
-                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL, start_new_session=True)
-            try:
-                cls._proc.stdin.write(line)
-                cls._proc.stdin.flush()
-            except OSError:
-                pass
+            for _ in range(2):      # a tracker that died is replaced once
+                if cls._proc is None:
+                    cls._proc = cls._start()
+                try:
+                    cls._proc.stdin.write(line)
+                    cls._proc.stdin.flush()
+                    cls._proc.poll()    # reap the first process once gone
+                    return
+                except OSError:     # EPIPE: nobody reads any more
+                    cls._proc = None
+
+    @staticmethod
+    def _start():
+        import subprocess
+        with _START_LOCK:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _TRACKER_SOURCE],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+        return proc      # its first process exits at once; its child reads
 
     @classmethod
     def register(cls, path):

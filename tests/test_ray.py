@@ -272,6 +272,30 @@ def test_ray_remote_args_checks(cluster):
                 delayed(square)(i) for i in range(2))
 
 
+def hold_shared_and_sleep(i):
+    a = shared_zeros(1000)
+    time.sleep(60)
+    return float(a.sum())
+
+
+def test_ray_segments_of_a_killed_task_are_removed(cluster):
+    # Ray kills the child processes of the workers it kills: the tracker
+    # of the worker's segments must not be one of them.
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(ParallelTimeoutError):
+        Parallel(backend="ray", n_jobs=2, timeout=2)(
+            delayed(hold_shared_and_sleep)(i) for i in range(2))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = [n for n in set(os.listdir("/dev/shm")) - before
+                if n.startswith("parallel_shared_")
+                and not os.path.exists("/proc/%s" % n.split("_")[2])]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left
+
+
 def test_ray_missing_gives_a_clear_error():
     code = ("import sys; sys.modules['ray'] = None\n"
             "from parallel import Parallel, delayed\n"
