@@ -1102,7 +1102,6 @@ class _Tracker:
                 try:
                     cls._proc.stdin.write(line)
                     cls._proc.stdin.flush()
-                    cls._proc.poll()    # reap the first process once gone
                     return
                 except OSError:     # EPIPE: nobody reads any more
                     cls._proc = None
@@ -1115,7 +1114,10 @@ class _Tracker:
                 [sys.executable, "-I", "-S", "-c", _TRACKER_SOURCE],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True)
-        return proc      # its first process exits at once; its child reads
+        # Its first process exits at once (its child reads): reap it.
+        threading.Thread(target=proc.wait, daemon=True,
+                         name="parallel-tracker-reaper").start()
+        return proc
 
     @classmethod
     def register(cls, path):
@@ -3376,15 +3378,16 @@ class _DaemonThreadPool:
             if item is None:
                 return
             future, fn = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn()
-            except BaseException as e:
-                future.set_exception(e)
-            else:
-                future.set_result(result)
-            del future, fn, item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn()
+                except BaseException as e:
+                    future.set_exception(e)
+                else:
+                    future.set_result(result)
+                    del result
+            del future, fn     # an idle thread keeps no batch alive
 
     def shutdown(self):
         """Cancel what has not started; threads end after their task."""
@@ -3545,6 +3548,12 @@ class LokyBackend(ParallelBackendBase):
             raise ValueError("unknown keyword argument(s) for the %s backend: "
                              "%s" % (type(self).__name__,
                                      ", ".join(sorted(unknown))))
+        _check_pool_options(initializer, initargs, idle_worker_timeout,
+                            maxtasksperchild)
+        n_jobs = self.effective_n_jobs(n_jobs)
+        if n_jobs == 1:
+            raise FallbackToBackend(
+                SequentialBackend(nesting_level=self.nesting_level))
         if getattr(_LOADING_TASK, "active", False):
             raise RuntimeError(
                 "a process-backed Parallel call started while this worker "
@@ -3552,12 +3561,6 @@ class LokyBackend(ParallelBackendBase):
                 "when imported (each worker would import it and start more "
                 "workers); put that call under `if __name__ == "
                 "'__main__':` or inside a function")
-        _check_pool_options(initializer, initargs, idle_worker_timeout,
-                            maxtasksperchild)
-        n_jobs = self.effective_n_jobs(n_jobs)
-        if n_jobs == 1:
-            raise FallbackToBackend(
-                SequentialBackend(nesting_level=self.nesting_level))
         if not _multiprocessing_available():
             warnings.warn("process backends are not available here; falling "
                           "back to threads", UserWarning, stacklevel=3)
@@ -4117,7 +4120,9 @@ def _make_backend(spec, nesting_level=None):
     elif _is_mp_context(spec):
         # 'multiprocessing' with the context's start method (as joblib)
         backend = MultiprocessingBackend()
-        backend.start_method = spec.get_start_method()
+        method = spec.get_start_method(allow_none=True)   # the module: None
+        if method is not None:
+            backend.start_method = method
     else:
         name, params = (spec, {}) if not isinstance(spec, tuple) else spec
         if not isinstance(name, str):
@@ -4606,8 +4611,11 @@ class _Call:
         """Yield lists of results (one per batch) in the chosen order,
         inside the backend's ``retrieval_context()`` (entered once per
         call, as joblib)."""
-        with self.backend.retrieval_context():
-            yield from self._chunks()
+        try:
+            with self.backend.retrieval_context():
+                yield from self._chunks()
+        finally:
+            self.finish()     # also when the context itself failed
 
     def _chunks(self):
         try:
@@ -5142,10 +5150,11 @@ def _native_byte_order(array):
     """``array`` in native byte order (a copy when it was not), as
     joblib's load does for arrays read into memory."""
     dtype = array.dtype
-    if dtype.names is None and dtype.subdtype is None and \
-            not dtype.isnative:
-        return array.astype(dtype.newbyteorder("="))
-    return array
+    if dtype.names is not None:   # swapped when every field is (joblib)
+        swap = all(not dtype.fields[name][0].isnative for name in dtype.names)
+    else:
+        swap = dtype.subdtype is None and not dtype.isnative
+    return array.astype(dtype.newbyteorder("=")) if swap else array
 
 
 def dump(value: Any, filename: Any, compress: Any = 0,

@@ -962,3 +962,37 @@ def test_print_progress_override_drives_a_progress_bar(backend):
     assert all(done <= sent for done, sent in p.seen)
     assert [done for done, _ in p.seen] == sorted(done for done, _ in p.seen)
     assert p.n_dispatched_batches == 10
+
+
+def make_array(i):
+    import numpy as np
+    return np.ones(1000) * i
+
+
+def test_idle_threads_keep_no_results_alive_in_a_with_block():
+    import gc
+    import weakref
+    with Parallel(n_jobs=2, backend="threading", batch_size=1) as p:
+        out = p(delayed(make_array)(i) for i in range(4))
+        refs = [weakref.ref(a) for a in out]
+        del out
+        gc.collect()
+        assert [r() for r in refs] == [None] * 4
+
+
+def test_multiprocessing_module_as_backend_leaves_the_start_method_alone():
+    before = multiprocessing.get_start_method(allow_none=True)
+    assert Parallel(n_jobs=2, backend=multiprocessing)(
+        delayed(square)(i) for i in range(3)) == [0, 1, 4]
+    assert multiprocessing.get_start_method(allow_none=True) == before
+
+
+def test_failing_retrieval_context_still_ends_the_call():
+    class Broken(parallel.ThreadingBackend):
+        def retrieval_context(self):
+            raise RuntimeError("no context")
+
+    p = Parallel(n_jobs=2, backend=Broken())
+    with pytest.raises(RuntimeError, match="no context"):
+        p(delayed(square)(i) for i in range(3))
+    assert not p._call.active

@@ -1049,6 +1049,21 @@ print(Parallel(n_jobs=2)(delayed(foo)(i) for i in range(3)), flush=True)
 """
 
 
+def test_sequential_call_at_import_time_of_a_task_module_works(tmp_path):
+    # n_jobs=1 starts no process: it is not refused while a task loads.
+    (tmp_path / "table_mod.py").write_text(
+        "from parallel import Parallel, delayed\n"
+        "TABLE = Parallel(n_jobs=1)(delayed(abs)(-i) for i in range(3))\n"
+        "def f(x):\n    return x + sum(TABLE)\n")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+         " import table_mod; from parallel import Parallel, delayed;"
+         " print(Parallel(n_jobs=2)(delayed(table_mod.f)(i) for i in "
+         "range(4)))", str(tmp_path)], cwd=ROOT, env=script_env(),
+        capture_output=True, text=True, timeout=100)
+    assert done.stdout.strip() == "[3, 4, 5, 6]", done.stderr
+
+
 @pytest.mark.timeout(120)
 def test_call_at_import_time_of_a_task_module_fails_once(tmp_path):
     # Workers import the module to load foo, which would start workers that
@@ -1087,3 +1102,30 @@ def test_next_call_gets_full_n_jobs_while_an_abandoned_task_runs():
         delayed(sleep_and_pid)(1.0) for _ in range(2))
     assert time.monotonic() - t0 < 1.8      # both ran at once
     assert len(set(pids)) == 2
+
+
+TRACKER_CHILDREN_SCRIPT = r"""
+import os, time
+import numpy as np
+import parallel
+a = parallel.shared_zeros(10, np.int64)     # registers once with a tracker
+time.sleep(1.0)
+me = str(os.getpid())
+states = []
+for pid in os.listdir("/proc"):
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        continue
+    if fields[1] == me:
+        states.append(fields[0])
+print("zombies", states.count("Z"))
+"""
+
+
+def test_tracker_leaves_no_zombie_child():
+    done = subprocess.run([sys.executable, "-c", TRACKER_CHILDREN_SCRIPT],
+                          cwd=ROOT, env=script_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert "zombies 0" in done.stdout, done.stdout + done.stderr
