@@ -1974,8 +1974,10 @@ def _make_rmw(op, name):
     cannot move, since numpy refuses to resize an array with a weak
     reference (our cache holds one).
     """
+    get_target, get_id = _TARGETS.get, id     # closure cells: no global look-up
+
     def rmw(a, index, value):
-        entry = _TARGETS.get(id(a))
+        entry = get_target(get_id(a))
         if entry is not None and index.__class__ is int:
             # No identity test needed: the entry leaves with its array
             # (the weak reference's callback runs before the id is reused).
@@ -1984,8 +1986,8 @@ def _make_rmw(op, name):
                     a.dtype is dtype and a.shape == shape and \
                     a.flags.num == flags:
                 try:
-                    return fns[op](ptr, index if index >= 0 else index + n,
-                                   value)
+                    return fns[op](
+                        ptr, index if index >= 0 else index + n, value)
                 except OverflowError:
                     raise OverflowError("%s: value %r does not fit in %s" % (
                         name, value, t.type.__name__)) from None
