@@ -1024,11 +1024,16 @@ def shm_helper_available(build: bool = True) -> bool:
 def _require_shm():
     module = _shm_helper()
     if module is None:
+        how = ("run `python build_shm.py` next to parallel.py, or reinstall "
+               "with cffi and a C compiler")
+        error = _SHM_STATE.get("error")
         raise RuntimeError(
             "atomic operations need the C helper %s, which is not available: "
-            "%s." % (_SHM_HELPER_NAME, _SHM_STATE.get(
-                "error", "not found; run `python build_shm.py` next to "
-                "parallel.py, or reinstall with cffi and a C compiler")))
+            "%s" % (_SHM_HELPER_NAME, "not found; " + how if error is None
+                    else error if "build_shm.py" in error   # says what to do
+                    else "%s (to fix: %s, or point PARALLEL_SHM_CACHE at a "
+                    "writable folder where it can be built)" % (
+                        error.rstrip("."), how)))
     return module
 
 
@@ -1450,6 +1455,7 @@ def _shared_array_class():
             return arr
 
     SharedArray.__module__ = __name__
+    SharedArray.__qualname__ = "SharedArray"
     _SHARED_ARRAY_CLASS.append(SharedArray)
     return SharedArray
 
@@ -3240,8 +3246,8 @@ class ParallelBackendBase:
     def effective_n_jobs(self, n_jobs):
         """Number of workers ``n_jobs`` means here (-1: all CPUs)."""
         if n_jobs == 0:
-            raise ValueError("n_jobs == 0 has no meaning; use None, a positive "
-                             "int or a negative int (got 0)")
+            raise ValueError("n_jobs == 0 in Parallel has no meaning; use "
+                             "None, a positive int or a negative int (got 0)")
         if n_jobs is None:
             n_jobs = self.default_n_jobs
         if n_jobs < 0:
@@ -4035,12 +4041,12 @@ def _check_n_jobs(n_jobs, name="n_jobs"):
         return None
     if isinstance(n_jobs, bool) or not hasattr(n_jobs, "__index__"):
         raise InvalidParameterError(
-            "%s must be None or an int such as 2 or -1 (got %r)"
-            % (name, n_jobs))
+            "%s could not be converted to int: it must be None or an int "
+            "such as 2 or -1 (got %r)" % (name, n_jobs))
     n_jobs = operator.index(n_jobs)
     if n_jobs == 0:
-        raise ValueError("%s == 0 has no meaning; use None, a positive int "
-                         "or a negative int (got 0)" % name)
+        raise ValueError("%s == 0 in Parallel has no meaning; use None, a "
+                         "positive int or a negative int (got 0)" % name)
     return n_jobs
 
 
@@ -4101,8 +4107,8 @@ def _backend_factory(name):
         factory = BACKENDS.get(name)
     if factory is None:
         raise UnknownBackendError(
-            "unknown backend %r; registered backends: %s (register others "
-            "with register_parallel_backend)" % (
+            "Invalid backend: %r is not registered; registered backends: "
+            "%s (register others with register_parallel_backend)" % (
                 name, ", ".join(sorted(set(BACKENDS) | set(EXTERNAL_BACKENDS)))))
     return factory
 
@@ -4982,9 +4988,10 @@ class Parallel(Generic[_Output]):
         if n_jobs is None or n_jobs < 1:
             raise RuntimeError("%s has no active worker" % type(backend).__name__)
         if self.timeout is not None and not backend.supports_timeout:
-            warnings.warn("The backend %s does not support timeout; "
-                          "timeout=%s is ignored" % (type(backend).__name__,
-                                                     self.timeout),
+            warnings.warn("The backend class %r does not support timeout. "
+                          "You have set 'timeout=%g' in Parallel but the "
+                          "'timeout' parameter will not be used."
+                          % (type(backend).__name__, self.timeout),
                           UserWarning, stacklevel=3)
         return backend, n_jobs
 

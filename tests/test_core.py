@@ -996,3 +996,26 @@ def test_failing_retrieval_context_still_ends_the_call():
     with pytest.raises(RuntimeError, match="no context"):
         p(delayed(square)(i) for i in range(3))
     assert not p._call.active
+
+
+def test_error_and_warning_texts_that_joblib_tests_match():
+    import warnings
+    with pytest.raises(ValueError, match="Invalid backend:"):
+        Parallel(backend="unit-testing")
+    with pytest.raises(ValueError, match="Invalid backend:"):
+        with parallel_config(backend="unit-testing"):
+            pass
+    with pytest.raises(ValueError, match="n_jobs == 0 in Parallel has no "
+                       "meaning"):
+        Parallel(n_jobs=0)
+    for bad in ("2.3", "invalid_str"):
+        with pytest.raises(ValueError, match="n_jobs could not be converted "
+                           "to int"):
+            Parallel(n_jobs=bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Parallel(n_jobs=1, timeout=1)(delayed(square)(i) for i in range(5))
+    assert [str(w.message) for w in caught] == [
+        "The backend class 'SequentialBackend' does not support timeout. "
+        "You have set 'timeout=1' in Parallel but the 'timeout' parameter "
+        "will not be used."]

@@ -959,21 +959,33 @@ except RuntimeError as e:
 """
 
 
-def test_a_failed_helper_build_says_why_and_leaves_nothing(tmp_path):
-    """Vendored with the C sources but no working compiler: the error names
-    the cause once, and the cache keeps no half-built folder."""
+def _vendor_into(tmp_path, names=("parallel.py", "_shm.c", "build_shm.py")):
+    """Copy ``names`` into tmp_path/theirpkg/_vendor (a package)."""
     vendor = tmp_path / "theirpkg" / "_vendor"
     vendor.mkdir(parents=True)
     (tmp_path / "theirpkg" / "__init__.py").write_text("")
-    for name in ("parallel.py", "_shm.c", "build_shm.py"):
+    (vendor / "__init__.py").write_text("")
+    for name in names:
         shutil.copy(os.path.join(ROOT, name), vendor / name)
-    script = tmp_path / "failed_build.py"
-    script.write_text(FAILED_BUILD_SCRIPT)
-    env = script_env({"PARALLEL_SHM_CACHE": str(tmp_path / "cache"),
-                      "CC": str(tmp_path / "no-such-compiler")},
-                     pythonpath=str(tmp_path))
-    proc = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path),
-                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _run_vendored(tmp_path, code, env, timeout=120):
+    """Run ``code`` as a script in tmp_path, theirpkg importable."""
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    return subprocess.run([sys.executable, str(script)], cwd=str(tmp_path),
+                          env=script_env(env, pythonpath=str(tmp_path)),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_failed_helper_build_says_why_and_leaves_nothing(tmp_path):
+    """Vendored with the C sources but no working compiler: the error names
+    the cause once, and the cache keeps no half-built folder."""
+    _vendor_into(tmp_path)
+    proc = _run_vendored(tmp_path, FAILED_BUILD_SCRIPT,
+                         {"PARALLEL_SHM_CACHE": str(tmp_path / "cache"),
+                          "CC": str(tmp_path / "no-such-compiler")},
+                         timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "ATOMICS" in proc.stdout and "cannot build the C helper" in \
         proc.stdout, proc.stdout
@@ -1009,17 +1021,9 @@ def test_without_the_c_helper_everything_but_atomics_works(tmp_path):
     """A vendored parallel.py without _shm.c/build_shm.py and no compiled
     helper: loops, shared arrays and memmaps work; atomics raise an error
     that says how to build the helper."""
-    vendor = tmp_path / "theirpkg" / "_vendor"
-    vendor.mkdir(parents=True)
-    (tmp_path / "theirpkg" / "__init__.py").write_text("")
-    (vendor / "__init__.py").write_text("")
-    shutil.copy(os.path.join(ROOT, "parallel.py"), vendor / "parallel.py")
-    script = tmp_path / "no_helper.py"
-    script.write_text(NO_HELPER_SCRIPT)
-    env = script_env({"PARALLEL_SHM_CACHE": str(tmp_path / "cache")},
-                     pythonpath=str(tmp_path))
-    proc = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path),
-                          env=env, capture_output=True, text=True, timeout=120)
+    _vendor_into(tmp_path, ["parallel.py"])
+    proc = _run_vendored(tmp_path, NO_HELPER_SCRIPT,
+                         {"PARALLEL_SHM_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr
     assert "FILLED [0, 1, 4, 9, 16, 25]" in proc.stdout, proc.stdout
     assert "MEMMAP memmap" in proc.stdout, proc.stdout
@@ -1027,3 +1031,21 @@ def test_without_the_c_helper_everything_but_atomics_works(tmp_path):
         proc.stdout and "_shm.c and build_shm.py" in proc.stdout, proc.stdout
     assert proc.stdout.count("build_shm.py") == 1, proc.stdout
     assert not (tmp_path / "cache").exists()
+
+
+def test_helper_that_cannot_be_built_says_how_to_fix_it(tmp_path):
+    # The sources are there but the cache folder cannot be made (a file
+    # is in the way): the error names the cause and the ways out.
+    _vendor_into(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    proc = _run_vendored(tmp_path, FAILED_BUILD_SCRIPT,
+                         {"PARALLEL_SHM_CACHE": str(tmp_path / "afile")})
+    assert "ATOMICS" in proc.stdout, proc.stdout + proc.stderr
+    assert "python build_shm.py" in proc.stdout and \
+        "PARALLEL_SHM_CACHE" in proc.stdout, proc.stdout
+
+
+def test_shared_array_class_has_its_public_name():
+    a = parallel.shared_zeros(2)
+    assert type(a).__qualname__ == "SharedArray"
+    assert repr(type(a)) == "<class 'parallel.SharedArray'>"
