@@ -4926,9 +4926,10 @@ class Parallel(Generic[_Output]):
                 raise ValueError("backend %r does not support shared memory "
                                  "(require='sharedmem'); use 'threading'"
                                  % _backend_name(chosen))
-            if self.verbose >= 10:
-                self._print("Using ThreadingBackend instead of %s, which "
-                            "does not share memory." % type(chosen).__name__)
+            if self.verbose >= 10:     # joblib's line, on stdout
+                print("Using ThreadingBackend as joblib backend instead of "
+                      "%s as the latter does not provide shared memory "
+                      "semantics." % type(chosen).__name__)
             if cfg.get("backend") is not None and not n_jobs_given:
                 # The configuration's n_jobs was for the backend that the
                 # constraint set aside: the default applies (as joblib).

@@ -1019,3 +1019,14 @@ def test_error_and_warning_texts_that_joblib_tests_match():
         "The backend class 'SequentialBackend' does not support timeout. "
         "You have set 'timeout=1' in Parallel but the 'timeout' parameter "
         "will not be used."]
+
+
+def test_sharedmem_fallback_prints_joblibs_line(capsys):
+    with parallel_config("loky"):
+        p = Parallel(n_jobs=2, require="sharedmem", verbose=10)
+    assert type(p._backend) is parallel.ThreadingBackend
+    out, err = capsys.readouterr()
+    assert out.strip() == ("Using ThreadingBackend as joblib backend instead "
+                           "of LokyBackend as the latter does not provide "
+                           "shared memory semantics.")
+    assert err == ""
