@@ -4076,9 +4076,12 @@ def _check_common(values):
         "max_nbytes": lambda v: (_parse_nbytes(v), v)[1],
         "mmap_mode": lambda v: _check_choice("mmap_mode", v,
                                              (None, "r", "r+", "w+", "c")),
-        "prefer": lambda v: _check_choice("prefer", v,
-                                          (None, "processes", "threads")),
-        "require": lambda v: _check_choice("require", v, (None, "sharedmem")),
+        "prefer": lambda v: v if v in (None, "processes", "threads") else
+        _raise(ValueError("prefer=%s is not a valid backend hint, expected "
+                          "one of ('processes', 'threads', None)" % (v,))),
+        "require": lambda v: v if v in (None, "sharedmem") else
+        _raise(ValueError("require=%s is not a valid backend constraint, "
+                          "expected one of ('sharedmem', None)" % (v,))),
         "progress": lambda v: v if v is None or isinstance(v, bool) or
         callable(v) else _raise(InvalidParameterError(
             "progress must be True, False, None or a callable "
@@ -5128,20 +5131,35 @@ def _dump_to(f, value):
 
 def _compression_level(compress):
     """zlib level from joblib's ``compress``: bool, 0-9, a method name
-    ('zlib' or 'gzip': level 3) or (method, level)."""
-    if isinstance(compress, str) and compress in ("zlib", "gzip"):
-        return 3
-    if isinstance(compress, tuple) and len(compress) == 2 and \
-            compress[0] in ("zlib", "gzip"):
-        compress = compress[1]
+    ('zlib' or 'gzip': level 3) or (method, level); ValueError in joblib's
+    words otherwise."""
+    methods = ("zlib", "gzip")
+    if isinstance(compress, tuple):
+        if len(compress) != 2:
+            raise ValueError(
+                "Compress argument tuple should contain exactly 2 elements: "
+                "(compress method, compress level), you passed %r"
+                % (compress,))
+        method, compress = compress
+        if method not in methods:
+            raise ValueError(
+                'Non valid compression method given: "%s". Possible values '
+                "are %s (both write zlib; bz2, lzma and lz4 are not "
+                "supported)" % (method, list(methods)))
+    elif isinstance(compress, str):
+        if compress in methods:
+            return 3
+        if compress in ("bz2", "lzma", "xz", "lz4"):
+            raise ValueError(
+                'Non valid compression method given: "%s". Possible values '
+                "are %s (both write zlib)" % (compress, list(methods)))
     if isinstance(compress, bool):
         return 3 if compress else 0
     if isinstance(compress, int) and 0 <= compress <= 9:
         return compress
-    raise ValueError("compress must be a bool, an int from 0 to 9, 'zlib' "
-                     "or ('zlib', level) ('gzip' is taken as 'zlib'; other "
-                     "methods such as bz2, lzma or lz4 are not supported) "
-                     "(got %r)" % (compress,))
+    raise ValueError('Non valid compress level given: "%s". Possible values '
+                     "are [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], True, False, "
+                     "'zlib' or ('zlib', level)" % (compress,))
 
 
 def _check_file_target(filename, method, parameter="filename"):
@@ -5277,8 +5295,10 @@ def load(filename: Any, mmap_mode: Optional[str] = None) -> Any:
         if magic == _DUMP_MAGIC_ZLIB:
             import zlib
             if mmap_mode is not None:
-                warnings.warn("%s is compressed: mmap_mode=%r is ignored"
-                              % (name, mmap_mode), UserWarning, stacklevel=2)
+                warnings.warn('mmap_mode "%s" is not compatible with '
+                              'compressed file %s. "%s" flag will be '
+                              "ignored." % (mmap_mode, name, mmap_mode),
+                              UserWarning, stacklevel=2)
             data = zlib.decompress(f.read())
             if not data.startswith(_DUMP_MAGIC):    # files of parallel 0.1.0
                 return pickle.loads(data)

@@ -1030,3 +1030,12 @@ def test_sharedmem_fallback_prints_joblibs_line(capsys):
                            "of LokyBackend as the latter does not provide "
                            "shared memory semantics.")
     assert err == ""
+
+
+def test_prefer_and_require_errors_in_joblibs_words():
+    with pytest.raises(ValueError, match="prefer=wrong is not a valid "
+                       "backend hint"):
+        Parallel(prefer="wrong")
+    with pytest.raises(ValueError, match="require=wrong is not a valid "
+                       "backend constraint"):
+        parallel_config(require="wrong")

@@ -1049,3 +1049,23 @@ def test_shared_array_class_has_its_public_name():
     a = parallel.shared_zeros(2)
     assert type(a).__qualname__ == "SharedArray"
     assert repr(type(a)) == "<class 'parallel.SharedArray'>"
+
+
+def test_dump_load_messages_in_joblibs_words(tmp_path):
+    path = str(tmp_path / "c.pkl")
+    for bad, text in ((-1, 'Non valid compress level given: "-1"'),
+                      (10, 'Non valid compress level given: "10"'),
+                      (("zlib", 3, "extra"), "Compress argument tuple should "
+                       "contain exactly 2 elements"),
+                      (("wrong", 3), 'Non valid compression method given: '
+                       '"wrong"'),
+                      ("bz2", 'Non valid compression method given: "bz2"')):
+        with pytest.raises(ValueError) as info:
+            parallel.dump(1, path, compress=bad)
+        assert text in str(info.value)
+    parallel.dump(np.arange(3), path, compress=3)
+    with pytest.warns(UserWarning) as caught:
+        parallel.load(path, mmap_mode="r+")
+    assert str(caught[0].message) == (
+        'mmap_mode "r+" is not compatible with compressed file %s. "r+" '
+        "flag will be ignored." % path)
