@@ -4245,7 +4245,9 @@ class parallel_config:
             config["backend"] = self.backend_instance
         elif backend_params:
             raise ValueError("inner_max_num_threads and backend parameters "
-                             "%s need a backend name" % sorted(backend_params))
+                             "%s are only supported when backend is not None "
+                             "(they need a backend name)"
+                             % sorted(backend_params))
         elif backend is None:
             config["backend"] = None
         self.config = config

@@ -1039,3 +1039,6 @@ def test_prefer_and_require_errors_in_joblibs_words():
     with pytest.raises(ValueError, match="require=wrong is not a valid "
                        "backend constraint"):
         parallel_config(require="wrong")
+    with pytest.raises(ValueError, match="only supported when backend is "
+                       "not None"):
+        parallel_config(inner_max_num_threads=1)
