@@ -1061,7 +1061,7 @@ def _temp_root(temp_folder=None):
 # that kill a dead worker's child processes (Ray does) do not kill it too.
 _TRACKER_SOURCE = r"""
 import os, shutil, signal, sys
-if os.fork():
+if hasattr(os, "fork") and os.fork():
     os._exit(0)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 paths = set()
