@@ -4440,9 +4440,11 @@ class _Call:
         self.initial = pre != "all" and not sequential
         self.freed_s = 0.0     # latest end of a batch (see _check_deadlines)
         batcher = parallel._batcher
-        if parallel.batch_size != "auto":
+        if sequential:      # one task at a time, as joblib's n_jobs=1
+            self.batcher = _AutoBatcher(fixed=1)
+        elif parallel.batch_size != "auto":
             self.batcher = _AutoBatcher(fixed=parallel.batch_size)
-        elif sequential or backend.batch_duration_band_s is None or (
+        elif backend.batch_duration_band_s is None or (
                 parallel.timeout is not None and
                 not backend.reports_task_starts):
             # (a timeout must see single tasks where starts are not reported)
@@ -4526,7 +4528,11 @@ class _Call:
             except queue.Empty:
                 continue
             break
-        self.initial = False
+        if self.initial:
+            # As joblib: from now on, as many batches in flight as the first
+            # pre_dispatch tasks made (one new batch per finished batch).
+            self.initial = False
+            self.window = max(1, self.n_batches)
         self.freed_s = max(self.freed_s, batch.finished)
         results = self.backend.retrieve_result_callback(out)
         if len(results) != len(batch):
@@ -4620,17 +4626,18 @@ class _Call:
                                 _short_format_time(remaining)))
 
     # -- the loop ------------------------------------------------------------
-    def chunks(self):
+    def chunks(self, primed=False):
         """Yield lists of results (one per batch) in the chosen order,
         inside the backend's ``retrieval_context()`` (entered once per
-        call, as joblib)."""
+        call, as joblib).  ``primed``: first yield None once the first
+        batches are dispatched (the caller's ``next`` starts the work)."""
         try:
             with self.backend.retrieval_context():
-                yield from self._chunks()
+                yield from self._chunks(primed)
         finally:
             self.finish()     # also when the context itself failed
 
-    def _chunks(self):
+    def _chunks(self, primed):
         try:
             self.backend.start_call()
             if self.parallel.verbose > 0 and not isinstance(
@@ -4639,6 +4646,8 @@ class _Call:
                                      "workers." % (type(self.backend).__name__,
                                                    self.n_jobs))
             self.dispatch_more()
+            if primed:
+                yield None
             while True:
                 if self.closed_reason is not None:
                     raise RuntimeError(self.closed_reason)
@@ -4660,6 +4669,8 @@ class _Call:
                 if self.closed_reason is not None:
                     raise RuntimeError(self.closed_reason)
                 self.wait_one()
+            if isinstance(self.backend, SequentialBackend):
+                self.parallel.print_progress()   # joblib's last call
             if self.parallel.verbose > 0:
                 self.parallel._print("Done %*d out of %*d | elapsed: %s "
                                      "finished" % (
@@ -5066,7 +5077,11 @@ class Parallel(Generic[_Output]):
             for chunk in call.chunks():
                 out.extend(chunk)
             return out
-        return _flatten(call.chunks())
+        # As joblib: the work starts now, not at the first next(); and a
+        # generator closed or dropped before any next() still ends the call.
+        chunks = call.chunks(primed=True)
+        next(chunks)
+        return _flatten(chunks)
 
 
 def _flatten(chunks):

@@ -1042,3 +1042,52 @@ def test_prefer_and_require_errors_in_joblibs_words():
     with pytest.raises(ValueError, match="only supported when backend is "
                        "not None"):
         parallel_config(inner_max_num_threads=1)
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_generator_closed_or_dropped_before_any_next_ends_the_call(backend):
+    import gc
+    p = Parallel(n_jobs=2, backend=backend, return_as="generator")
+    gen = p(delayed(square)(i) for i in range(10))
+    gen.close()
+    assert p(delayed(square)(i) for i in range(3)) is not None
+    assert list(p(delayed(square)(i) for i in range(3))) == [0, 1, 4]
+    gen = p(delayed(square)(i) for i in range(10))
+    del gen
+    gc.collect()
+    assert list(p(delayed(square)(i) for i in range(3))) == [0, 1, 4]
+
+
+def test_generator_output_starts_the_work_at_once():
+    # As joblib: the tasks run while the caller does something else.
+    gen = Parallel(n_jobs=2, prefer="threads", return_as="generator")(
+        delayed(time.sleep)(0.3) for _ in range(2))
+    time.sleep(0.6)
+    t0 = time.monotonic()
+    assert list(gen) == [None, None]
+    assert time.monotonic() - t0 < 0.2
+
+
+class _CountingParallel(Parallel):
+    def __init__(self, *args, **kwargs):
+        self.seen = []
+        super().__init__(*args, **kwargs)
+
+    def print_progress(self):
+        self.seen.append((self.n_completed_tasks, self.n_dispatched_tasks))
+
+
+def test_batches_in_flight_after_the_first_as_joblib():
+    # n_jobs=2, batch_size=4, pre_dispatch 2*n_jobs: the first 4 tasks make
+    # 2 batches; then one batch of 4 goes per finished batch.
+    p = _CountingParallel(n_jobs=2, backend="threading", batch_size=4)
+    p(delayed(time.sleep)(0.01) for _ in range(20))
+    assert p.seen[:3] == [(2, 4), (4, 8), (8, 12)]
+
+
+def test_n_jobs_1_runs_tasks_one_by_one_with_joblibs_progress_calls():
+    p = _CountingParallel(n_jobs=1, batch_size=4)
+    assert p(delayed(square)(i) for i in range(20)) == \
+        [i * i for i in range(20)]
+    assert len(p.seen) == 21 and p.seen[:2] == [(1, 1), (2, 2)]
+    assert p.seen[-1] == (20, 20)
