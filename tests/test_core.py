@@ -1068,25 +1068,16 @@ def test_generator_output_starts_the_work_at_once():
     assert time.monotonic() - t0 < 0.2
 
 
-class _CountingParallel(Parallel):
-    def __init__(self, *args, **kwargs):
-        self.seen = []
-        super().__init__(*args, **kwargs)
-
-    def print_progress(self):
-        self.seen.append((self.n_completed_tasks, self.n_dispatched_tasks))
-
-
 def test_batches_in_flight_after_the_first_as_joblib():
     # n_jobs=2, batch_size=4, pre_dispatch 2*n_jobs: the first 4 tasks make
     # 2 batches; then one batch of 4 goes per finished batch.
-    p = _CountingParallel(n_jobs=2, backend="threading", batch_size=4)
+    p = _ProgressParallel(n_jobs=2, backend="threading", batch_size=4)
     p(delayed(time.sleep)(0.01) for _ in range(20))
     assert p.seen[:3] == [(2, 4), (4, 8), (8, 12)]
 
 
 def test_n_jobs_1_runs_tasks_one_by_one_with_joblibs_progress_calls():
-    p = _CountingParallel(n_jobs=1, batch_size=4)
+    p = _ProgressParallel(n_jobs=1, batch_size=4)
     assert p(delayed(square)(i) for i in range(20)) == \
         [i * i for i in range(20)]
     assert len(p.seen) == 21 and p.seen[:2] == [(1, 1), (2, 2)]
