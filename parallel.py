@@ -5081,12 +5081,21 @@ class Parallel(Generic[_Output]):
         # generator closed or dropped before any next() still ends the call.
         chunks = call.chunks(primed=True)
         next(chunks)
-        return _flatten(chunks)
+        results = _flatten(chunks)
+        next(results)
+        return results
 
 
 def _flatten(chunks):
-    for chunk in chunks:
-        yield from chunk
+    """The results of ``chunks``, after a first None (see __call__);
+    closing or dropping it closes ``chunks``, whatever the Python version
+    does with the frame of a generator closed before it started."""
+    try:
+        yield None
+        for chunk in chunks:
+            yield from chunk
+    finally:
+        chunks.close()
 
 
 def _backend_name(backend):
