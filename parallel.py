@@ -3678,6 +3678,31 @@ def _forgetful(callback):
     return run_once
 
 
+class _ClusterBackend(ParallelBackendBase):
+    """What the dask and Ray backends share: timeouts, joblib's batch
+    durations, n_jobs=-1 meaning every slot of the cluster (-2 all but
+    one), and nested calls run sequentially inside their tasks."""
+
+    supports_timeout = True
+    batch_duration_band_s = (_MIN_IDEAL_BATCH_DURATION_S,
+                             _MAX_IDEAL_BATCH_DURATION_S)
+    default_n_jobs = -1
+
+    def _slots(self):
+        """Tasks the cluster runs at once (threads, CPUs)."""
+        raise NotImplementedError
+
+    def effective_n_jobs(self, n_jobs):
+        super().effective_n_jobs(n_jobs)      # refuses 0
+        if n_jobs is None or n_jobs < 0:
+            return max(self._slots() + 1 + (n_jobs or -1), 1)
+        return n_jobs
+
+    def get_nested_backend(self):
+        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), \
+            None
+
+
 def _register_dask():
     try:
         import distributed  # type: ignore  # noqa: F401
@@ -3687,7 +3712,7 @@ def _register_dask():
     BACKENDS["dask"] = DaskBackend
 
 
-class DaskBackend(ParallelBackendBase):
+class DaskBackend(_ClusterBackend):
     """Runs batches on a dask.distributed cluster through the active
     ``distributed.Client`` (or ``client=`` given to parallel_config).
 
@@ -3715,11 +3740,6 @@ class DaskBackend(ParallelBackendBase):
         When dask.distributed is not installed (at registration).
     """
 
-    supports_timeout = True
-    batch_duration_band_s = (_MIN_IDEAL_BATCH_DURATION_S,
-                             _MAX_IDEAL_BATCH_DURATION_S)
-    default_n_jobs = -1
-
     def __init__(self, nesting_level=None, inner_max_num_threads=None,
                  client=None, **backend_kwargs):
         super().__init__(nesting_level, inner_max_num_threads,
@@ -3727,16 +3747,12 @@ class DaskBackend(ParallelBackendBase):
         self.client = client
         self._threads = 1      # of the cluster, at configure
 
-    def effective_n_jobs(self, n_jobs):
-        super().effective_n_jobs(n_jobs)
+    def _slots(self):
         client = self.client
         if client is None:
             from distributed import get_client  # type: ignore
             client = get_client()
-        threads = sum(client.nthreads().values()) or 1
-        if n_jobs is None or n_jobs < 0:
-            return max(threads + 1 + (n_jobs or -1), 1)
-        return n_jobs
+        return sum(client.nthreads().values()) or 1
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
         if self.client is None:
@@ -3795,10 +3811,6 @@ class DaskBackend(ParallelBackendBase):
                     rejoin()
         return seceded()
 
-    def get_nested_backend(self):
-        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), \
-            None
-
 
 def _register_ray():
     try:
@@ -3821,7 +3833,7 @@ def _in_ray_task(ray):
         return False
 
 
-class RayBackend(ParallelBackendBase):
+class RayBackend(_ClusterBackend):
     """Runs batches as Ray tasks on the Ray cluster of this process.
 
     When Ray is not initialized, ``ray.init()`` is called, which connects
@@ -3857,11 +3869,6 @@ class RayBackend(ParallelBackendBase):
         than 1 in ``ray_remote_args``.
     """
 
-    supports_timeout = True
-    batch_duration_band_s = (_MIN_IDEAL_BATCH_DURATION_S,
-                             _MAX_IDEAL_BATCH_DURATION_S)
-    default_n_jobs = -1
-
     def __init__(self, nesting_level=None, inner_max_num_threads=None,
                  ray_remote_args=None, **backend_kwargs):
         super().__init__(nesting_level, inner_max_num_threads,
@@ -3887,13 +3894,12 @@ class RayBackend(ParallelBackendBase):
             ray.init()
         return ray
 
+    def _slots(self):
+        return int(self._ray().cluster_resources().get("CPU", 0)) or 1
+
     def effective_n_jobs(self, n_jobs):
-        super().effective_n_jobs(n_jobs)
-        ray = self._ray()
-        cpus = int(ray.cluster_resources().get("CPU", 0)) or 1
-        if n_jobs is None or n_jobs < 0:
-            n_jobs = max(cpus + 1 + (n_jobs or -1), 1)
-        if n_jobs != 1 and _in_ray_task(ray):
+        n_jobs = super().effective_n_jobs(n_jobs)
+        if n_jobs != 1 and _in_ray_task(self._ray()):
             warnings.warn("Ray-backed parallel loops cannot be nested in a "
                           "Ray task (it would hold the CPU that its inner "
                           "tasks wait for), setting n_jobs=1", UserWarning,
@@ -3989,10 +3995,6 @@ class RayBackend(ParallelBackendBase):
 
     def abort_everything(self, ensure_ready=True):
         self._cancel(force=True)
-
-    def get_nested_backend(self):
-        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), \
-            None
 
 
 BACKENDS: dict = {

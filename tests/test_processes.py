@@ -372,13 +372,17 @@ def test_initializer_runs_once_per_worker(tmp_path):
     assert set(pids) <= set(inits)
 
 
-INITIALIZER_SCRIPT = r"""
+# An initializer that sets a variable, and a task that reads it.
+INIT_AND_READ = r"""
 import os
-from parallel import Parallel, delayed
+from parallel import Parallel, delayed, parallel_config
 def init(value):
     os.environ["FROM_INIT"] = str(value)
 def read(_):
     return os.environ.get("FROM_INIT")
+"""
+
+INITIALIZER_SCRIPT = INIT_AND_READ + r"""
 if __name__ == "__main__":
     for backend in ("loky", "multiprocessing"):
         print(Parallel(n_jobs=2, backend=backend, initializer=init,
@@ -388,13 +392,7 @@ if __name__ == "__main__":
 """
 
 
-CONFIG_INITIALIZER_SCRIPT = r"""
-import os
-from parallel import Parallel, delayed, parallel_config
-def init(value):
-    os.environ["FROM_INIT"] = str(value)
-def read(_):
-    return os.environ.get("FROM_INIT")
+CONFIG_INITIALIZER_SCRIPT = INIT_AND_READ + r"""
 if __name__ == "__main__":
     for backend in ("loky", "multiprocessing"):
         with parallel_config(backend, initializer=init, initargs=(5,)):
