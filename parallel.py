@@ -1847,7 +1847,7 @@ def _atomic_target(a, name):
     # What the fast path of atomic_add & co. reads, in one tuple unpack.
     _TARGETS[key] = (weakref.ref(a, lambda _, k=key: _TARGETS.pop(k, None)),
                      t, t.size, t.dtype, t.fast_types if t.flat else (),
-                     t.shape, t.flags, t.ptr, t.fns)
+                     t.flags, t.ptr, t.fns)
     return t
 
 
@@ -1975,10 +1975,11 @@ def _make_rmw(op, name):
     Its first lines are the fast path (a validated 1-d target, an int index,
     a Python scalar), kept in the function itself: a second Python call
     would cost as much as the atomic operation.  It re-checks what can
-    change in place (dtype, shape, and in ``flags.num`` the writeable flag
-    and the contiguity that strides give); the data
-    cannot move, since numpy refuses to resize an array with a weak
-    reference (our cache holds one).
+    change in place (dtype, ndim, and in ``flags.num`` the writeable flag
+    and the contiguity that strides give).  The size cannot change, nor the
+    data move, since numpy refuses to resize an array with a weak
+    reference (our cache holds one); so a 1-d target that is still 1-d has
+    its shape.
     """
     get_target, get_id = _TARGETS.get, id     # closure cells: no global look-up
 
@@ -1987,9 +1988,9 @@ def _make_rmw(op, name):
         if entry is not None and index.__class__ is int:
             # No identity test needed: the entry leaves with its array
             # (the weak reference's callback runs before the id is reused).
-            _, t, n, dtype, fast_types, shape, flags, ptr, fns = entry
+            _, t, n, dtype, fast_types, flags, ptr, fns = entry
             if value.__class__ in fast_types and -n <= index < n and \
-                    a.dtype is dtype and a.shape == shape and \
+                    a.dtype is dtype and a.ndim == 1 and \
                     a.flags.num == flags:
                 try:
                     return fns[op](
