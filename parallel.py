@@ -99,6 +99,7 @@ __all__ = [
     "LokyBackend", "ProcessBackend", "MultiprocessingBackend", "EXTERNAL_BACKENDS",
     "TerminatedWorkerError", "ParallelTimeoutError", "WorkerError",
     "InvalidParameterError", "UnknownBackendError", "DaskBackend",
+    "DaskDistributedBackend",
     "RayBackend",
     "wrap_non_picklable_objects",
     "SharedArray", "shared_zeros", "shared_empty", "shared_array",
@@ -139,6 +140,12 @@ _BACKGROUND_REMOVAL_MIN_NBYTES = 32 << 20
 # Results of workers larger than this travel through a segment, not a pipe.
 _RESULT_SEGMENT_MIN_NBYTES = 1 << 20
 _MAX_PRE_DISPATCH_EXPRESSION_LEN = 30
+# On dask and Ray, an argument object at least this large travels once per
+# call (dask's scatter, Ray's object store), not once per task (joblib's
+# threshold for dask).
+_CLUSTER_SHARE_MIN_NBYTES = 1000
+# How long the dask backend waits for a first worker (joblib's default).
+_DASK_WAIT_FOR_WORKERS_S = 10.0
 _THREAD_LIMIT_VARIABLES = (
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS",
@@ -426,6 +433,16 @@ def _describe_exit(code):
 # SMALL UTILITIES
 # ======================================================================
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _safe_str(obj):
+    """``str(obj)``, or a placeholder when its ``__str__`` (or the
+    ``__repr__`` of what it holds) raises."""
+    try:
+        return str(obj)
+    except Exception as e:
+        return "<str() of %s failed: %s>" % (type(obj).__name__,
+                                             type(e).__name__)
 
 
 def _as_int(value):
@@ -1746,17 +1763,21 @@ def _is_temporary_segment(a):
         _SEGMENT_PREFIX + "auto_")
 
 
-def _read_only_hint(exc, tasks):
+def _read_only_hint(exc, tasks, cluster=False):
     """Add a note to numpy's read-only error when a worker wrote into an
-    automatically memmapped input (joblib's most reported surprise);
-    ``tasks`` are the batch's (function, args, kwargs), malformed or not."""
-    if not (isinstance(exc, ValueError) and "read-only" in str(exc)):
+    automatically memmapped input (joblib's most reported surprise), or
+    on a cluster (``cluster``) into a large input shared by the worker's
+    tasks; ``tasks`` are the batch's (function, args, kwargs), malformed
+    or not."""
+    if not (isinstance(exc, ValueError) and "read-only" in _safe_str(exc)):
         return exc
     np = sys.modules.get("numpy")
 
     def read_only_maps(x, depth=0):
         if isinstance(x, np.memmap):
             return x.mode == "r"
+        if cluster and isinstance(x, np.ndarray):
+            return not x.flags.writeable
         if depth < 5 and isinstance(x, (list, tuple, dict)):
             items = x.values() if isinstance(x, dict) else x
             return any(read_only_maps(y, depth + 1) for y in items)
@@ -1765,14 +1786,15 @@ def _read_only_hint(exc, tasks):
     if np is None or not read_only_maps(tasks):
         return exc
     note = ("parallel: inputs larger than max_nbytes (default '1M') reach "
-            "process workers as read-only memory maps (mmap_mode='r'). Pass "
+            "process workers as read-only memory maps (mmap_mode='r'), and "
+            "dask and Ray workers as one read-only copy per worker. Pass "
             "mmap_mode='c' for a private writable copy, max_nbytes=None to "
             "send copies instead, or use shared_zeros()/SharedArray for "
             "writes that the caller should see.")
     if hasattr(exc, "add_note"):
         exc.add_note(note)
     else:
-        exc.args = (str(exc) + "\n" + note,) + exc.args[1:]
+        exc.args = (_safe_str(exc) + "\n" + note,) + exc.args[1:]
     return exc
 
 
@@ -2303,6 +2325,8 @@ def _pickler_class(by_value=False):
                         self.main_names is not None and
                         _named_in_main(obj, self.main_names)):
                 raise _NeedsCloudpickle(obj)
+            elif fast and isinstance(obj, types.ModuleType):
+                raise _NeedsCloudpickle(obj)   # by name, as cloudpickle does
             parent = getattr(super(), "reducer_override", None)
             return parent(obj) if parent is not None else NotImplemented
 
@@ -2425,10 +2449,10 @@ def _pack_exception(exc, depth=0):
         pickle.loads(data)   # catch exceptions that pickle but cannot load
         fail = None
     except Exception as e:
-        data, fail = None, "%s: %s" % (type(e).__name__, e)
+        data, fail = None, "%s: %s" % (type(e).__name__, _safe_str(e))
     packed = {
         "data": data, "fail": fail, "type": _qualname(type(exc)),
-        "message": str(exc),
+        "message": _safe_str(exc),
         "traceback": "".join(__import__("traceback").format_exception(
             type(exc), exc, exc.__traceback__, chain=False)),
         "cause": None, "context": None,
@@ -2539,6 +2563,12 @@ def _worker_main(conn, env, init_payload, caller_pid, kind="loky"):
     is reported as the error of the first batch, then the worker exits.
     """
     _WORKER_KIND[0] = kind
+    # The atexit handlers of the process this one was forked from are not
+    # its own (a forked caller's would run once per worker): only those
+    # registered from here on run at exit (see _exit_like_an_interpreter).
+    atexit._clear()
+    if "logging" in sys.modules:
+        atexit.register(sys.modules["logging"].shutdown)
     os.environ.update(env)
     _limit_native_threads(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -2559,23 +2589,44 @@ def _worker_main(conn, env, init_payload, caller_pid, kind="loky"):
                     getattr(initializer, "__qualname__", initializer),
                     type(e).__name__, e), _qualname(type(e)), str(e),
                 __import__("traceback").format_exc())
-    while True:
+    try:
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if not data:
+                return
+            batch_id = int.from_bytes(data[1:9], "little")
+            if init_error is not None:
+                _worker_send(conn, _MSG_ERROR, batch_id,
+                             pickle.dumps(_pack_exception(init_error)))
+                return
+            track = data[9:10] == b"1"
+            try:
+                _run_batch_in_worker(conn, batch_id, track,
+                                     memoryview(data)[10:])
+            except (OSError, EOFError):   # the caller is gone
+                return
+    finally:
+        _exit_like_an_interpreter()
+
+
+def _exit_like_an_interpreter():
+    """What a normal interpreter exit does and the end of a multiprocessing
+    child (``os._exit``) skips: run the atexit handlers registered in this
+    worker (by tasks, the initializer or the modules they imported;
+    logging's flush among them), as loky's workers do, then flush the
+    standard streams.  This runs in the worker process."""
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:      # reported by atexit itself
+        pass
+    for stream in (sys.stdout, sys.stderr):
         try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        if not data:
-            return
-        batch_id = int.from_bytes(data[1:9], "little")
-        if init_error is not None:
-            _worker_send(conn, _MSG_ERROR, batch_id,
-                         pickle.dumps(_pack_exception(init_error)))
-            return
-        track = data[9:10] == b"1"
-        try:
-            _run_batch_in_worker(conn, batch_id, track, memoryview(data)[10:])
-        except (OSError, EOFError):   # the caller is gone
-            return
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
 
 
 def _run_batch_in_worker(conn, batch_id, track, payload):
@@ -2592,7 +2643,54 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
 _LOADING_TASK = threading.local()
 
 
-def _run_payload(payload, on_task_start=None):
+class _SharedSlot:
+    """Stands, in a pickled batch, for an argument that travels once per
+    call (dask's scatter, Ray's object store): ``index`` into the pickled
+    arguments handed to :func:`_run_shared_payload`."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __reduce__(self):
+        return _SharedSlot, (self.index,)
+
+
+def _fill_shared_slots(batch, shared):
+    """Put the ``shared`` arguments in place of the batch's _SharedSlot
+    markers: pickled bytes are unpickled once per batch (tasks get their
+    own copies, as with the other arguments); an array (one copy per
+    worker, shared by its tasks) is given read-only, as an auto-memmapped
+    input is on the process backends."""
+    def value(v):
+        if isinstance(v, bytes):
+            return pickle.loads(v)
+        v = v.view()
+        v.flags.writeable = False
+        return v
+    values = [value(v) for v in shared]
+
+    def fill(args):
+        return tuple(values[a.index] if a.__class__ is _SharedSlot else a
+                     for a in args)
+    if batch.func is not None:
+        batch.tasks = [fill(args) for args in batch.tasks]
+    else:
+        batch.tasks = [
+            (f, fill(args), {k: values[v.index] if v.__class__ is _SharedSlot
+                             else v for k, v in kwargs.items()})
+            for f, args, kwargs in batch.tasks]
+
+
+def _run_shared_payload(payload, *shared):
+    """:func:`_run_payload` of a batch whose large arguments travel apart
+    (pickled, or arrays), in the order of their _SharedSlot indices.
+    This runs in a dask or Ray worker."""
+    return _run_payload(payload, shared=shared)
+
+
+def _run_payload(payload, on_task_start=None, shared=()):
     """Unpickle and run a pickled batch; return ``(_MSG_RESULT, pickled
     (duration_s, results))`` or ``(_MSG_ERROR, pickled packed exception)``
     (see :func:`_pack_exception`).  This runs in a worker (of a pool, or
@@ -2601,7 +2699,10 @@ def _run_payload(payload, on_task_start=None):
     try:
         _LOADING_TASK.active = True
         try:
-            batch = pickle.loads(payload)
+            loaded = pickle.loads(payload)
+            if shared:
+                _fill_shared_slots(loaded, shared)
+            batch = loaded
         finally:
             _LOADING_TASK.active = False
         results = batch(on_task_start=on_task_start)
@@ -2609,14 +2710,14 @@ def _run_payload(payload, on_task_start=None):
         if batch is None:
             e = WorkerError("the task could not be unpickled in the worker "
                             "(%s: %s); %s" % (
-                                type(e).__name__, e,
+                                type(e).__name__, _safe_str(e),
                                 "a shared array or memmap it names was "
                                 "removed before the worker opened it"
                                 if isinstance(e, FileNotFoundError) else
                                 "its arguments must be picklable and their "
                                 "modules importable there"))
         elif batch.tasks:
-            e = _read_only_hint(e, batch.triples())
+            e = _read_only_hint(e, batch.triples(), bool(shared))
         return _MSG_ERROR, pickle.dumps(_pack_exception(e))
     try:
         return _MSG_RESULT, _dumps((batch.duration_s, results),
@@ -2629,7 +2730,7 @@ def _run_payload(payload, on_task_start=None):
             "to the caller: %s: %s" % (
                 None if index is None else batch.start + index,
                 getattr(func, "__qualname__", func), type(e).__name__,
-                e), _qualname(type(e)), str(e),
+                _safe_str(e)), _qualname(type(e)), _safe_str(e),
             __import__("traceback").format_exc())
         return _MSG_ERROR, pickle.dumps(_pack_exception(err))
 
@@ -3523,10 +3624,19 @@ class LokyBackend(ParallelBackendBase):
         kind = _WORKER_KIND[0]
         mp = sys.modules.get("multiprocessing")
         if mp is not None and mp.current_process().daemon:
+            hint = ""
+            worker = sys.modules.get("distributed.worker")
+            if worker is not None and hasattr(worker.thread_state,
+                                              "execution_state"):
+                hint = ("; in a dask worker, possible work-arounds: "
+                        "dask.config.set({'distributed.worker.daemon': "
+                        "False}) or the environment variable "
+                        "DASK_DISTRIBUTED__WORKER__DAEMON=False before "
+                        "creating the dask cluster")
             return "%s-backed parallel loops cannot be called in a daemonic " \
                 "process (such as a multiprocessing.Pool worker), which " \
-                "may not have children" % ("Multiprocessing" if
-                                           self.private_pool else "Loky")
+                "may not have children%s" % (
+                    "Multiprocessing" if self.private_pool else "Loky", hint)
         if kind == "multiprocessing":
             return "Multiprocessing-backed parallel loops cannot be nested" \
                 if self.private_pool else "Loky-backed parallel loops " \
@@ -3679,19 +3789,47 @@ def _forgetful(callback):
     return run_once
 
 
+_INLINE_TYPES = frozenset((int, float, complex, bool, str, bytes,
+                           type(None)))
+
+
 class _ClusterBackend(ParallelBackendBase):
     """What the dask and Ray backends share: timeouts, joblib's batch
     durations, n_jobs=-1 meaning every slot of the cluster (-2 all but
-    one), and nested calls run sequentially inside their tasks."""
+    one), nested calls run sequentially inside their tasks, and large
+    arguments put on the cluster once per call.
+
+    An argument of a task (positional, or a keyword's value) that can be
+    weakly referenced (a numpy array, a DataFrame, most objects) and is at
+    least ``_CLUSTER_SHARE_MIN_NBYTES`` large is pickled once per call, as
+    task arguments are (memmaps and shared arrays by reference), and put
+    on the cluster (:meth:`_share`); the tasks that name it carry a
+    :class:`_SharedSlot` and each batch unpickles its own copy.  So an
+    array passed to every task crosses the network once per worker, not
+    once per task, as with joblib's dask backend.
+    """
 
     supports_timeout = True
     batch_duration_band_s = (_MIN_IDEAL_BATCH_DURATION_S,
                              _MAX_IDEAL_BATCH_DURATION_S)
     default_n_jobs = -1
+    _pinned: Dict[int, Any] = {}     # id -> (object, handle): every call
+    _share_arrays_over: Optional[int] = None
 
     def _slots(self):
         """Tasks the cluster runs at once (threads, CPUs)."""
         raise NotImplementedError
+
+    def _share(self, blob):
+        """Put the bytes ``blob`` on the cluster; return what a task
+        argument is given to receive them (a dask future, a Ray object
+        reference)."""
+        raise NotImplementedError
+
+    def _sizeof(self, x):
+        """Approximate size of ``x`` in bytes."""
+        n = getattr(x, "nbytes", None)
+        return n if isinstance(n, int) else sys.getsizeof(x)
 
     def effective_n_jobs(self, n_jobs):
         super().effective_n_jobs(n_jobs)      # refuses 0
@@ -3703,6 +3841,95 @@ class _ClusterBackend(ParallelBackendBase):
         return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), \
             None
 
+    def _configure_sharing(self, parallel):
+        """Arrays above the call's ``max_nbytes`` go to workers as one
+        read-only copy each where ``mmap_mode`` is 'r' (the default), as
+        the process backends memmap them; other modes copy per batch."""
+        max_nbytes = _parse_nbytes(getattr(parallel, "max_nbytes",
+                                           _DEFAULT_MAX_NBYTES))
+        self._share_arrays_over = max_nbytes if getattr(
+            parallel, "mmap_mode", _DEFAULT_MMAP_MODE) == "r" else None
+
+    def start_call(self):
+        self._shared: Dict[int, Any] = {}  # id -> (weakref, handle or None)
+        self._shared_keep: list = []       # shared arrays the blobs name
+
+    def stop_call(self):
+        shared = getattr(self, "_shared", None)
+        if shared is not None:
+            shared.clear()     # releases the call's data on the cluster
+        self._shared_keep = []
+
+    def _pickle_for_cluster(self, x):
+        """``x`` pickled as task arguments are, its shared arrays kept
+        alive until the call ends."""
+        reducer = _ArrayReducer(None, None, None)
+        blob = _dumps(x, reducer)
+        self._shared_keep.extend(reducer.take_kept())
+        return blob
+
+    def _shared_handle(self, x):
+        """The handle of ``x`` on the cluster, put there on its first use in
+        this call, or None when ``x`` travels inside the batch."""
+        key = id(x)
+        pinned = self._pinned.get(key)
+        if pinned is not None and pinned[0] is x:
+            return pinned[1]
+        entry = self._shared.get(key)
+        if entry is not None and entry[0]() is x:
+            return entry[1]
+        shared = self._shared
+        try:
+            ref = weakref.ref(x, lambda _, k=key: shared.pop(k, None))
+        except TypeError:     # lists, tuples, dicts: inside the batch
+            return None
+        handle = None
+        np = sys.modules.get("numpy")
+        try:
+            if np is not None and type(x) is np.ndarray and \
+                    self._share_arrays_over is not None and \
+                    x.nbytes > self._share_arrays_over and \
+                    not x.dtype.hasobject and _memmap_reference(x) is None:
+                handle = self._share(x)      # one read-only copy per worker
+            elif self._sizeof(x) >= _CLUSTER_SHARE_MIN_NBYTES:
+                blob = self._pickle_for_cluster(x)
+                if len(blob) >= _CLUSTER_SHARE_MIN_NBYTES:
+                    handle = self._share(blob)
+        except Exception:     # it fails again, named, with its batch
+            handle = None
+        shared[key] = (ref, handle)
+        return handle
+
+    def _pickle_batch(self, batch):
+        """(payload, handles): the batch pickled for a worker with its
+        large arguments replaced by _SharedSlot markers, and the handles
+        of those arguments in slot order (see the class docstring)."""
+        handles: list = []
+        slots: Dict[int, Any] = {}
+
+        def swap(x):
+            if x.__class__ in _INLINE_TYPES:
+                return x
+            handle = self._shared_handle(x)
+            if handle is None:
+                return x
+            slot = slots.get(id(x))
+            if slot is None:
+                slot = slots[id(x)] = _SharedSlot(len(handles))
+                handles.append(handle)
+            return slot
+        if batch.func is not None:
+            tasks = [tuple(map(swap, args)) for args in batch.tasks]
+        else:
+            tasks = [(f, tuple(map(swap, args)),
+                      {k: swap(v) for k, v in kwargs.items()})
+                     if isinstance(args, tuple) and isinstance(kwargs, dict)
+                     else (f, args, kwargs)
+                     for f, args, kwargs in batch.tasks]
+        if handles:
+            batch.tasks = tasks
+        return _pickle_batch(batch, _ArrayReducer(None, None, None)), handles
+
 
 def _register_dask():
     try:
@@ -3710,70 +3937,206 @@ def _register_dask():
     except ImportError:
         raise ValueError("backend 'dask' needs dask.distributed; install it "
                          "with `pip install distributed`") from None
-    BACKENDS["dask"] = DaskBackend
+    BACKENDS["dask"] = DaskDistributedBackend
 
 
-class DaskBackend(_ClusterBackend):
-    """Runs batches on a dask.distributed cluster through the active
-    ``distributed.Client`` (or ``client=`` given to parallel_config).
+def _dask_probe():
+    """A no-op task: it runs once a dask worker has joined."""
+
+
+class DaskDistributedBackend(_ClusterBackend):
+    """Runs batches on a dask.distributed cluster, as joblib's backend of
+    the same name (also importable as ``DaskBackend``).
 
     n_jobs=-1 (the default here) means every thread of the cluster, -2 all
     but one.  Tasks travel pickled as for the process backends: memmaps
     and shared arrays by reference (workers on this host write into the
-    caller's), other arrays by value; exceptions keep their type, cause
-    chain and traceback text.  A task that kills its dask worker fails the
-    call promptly with :class:`TerminatedWorkerError` (chained from dask's
-    ``KilledWorker``) instead of hanging.  A call made inside a dask task
-    leaves the worker's thread pool while it waits (as joblib's), so
-    nested calls do not deadlock.  Registered on first use of the name
-    ``'dask'``.
+    caller's), other arrays by value.  An argument of 1000 bytes or more
+    is scattered once per call, not sent with every task: arrays above
+    ``max_nbytes`` (with ``mmap_mode='r'``, the defaults) as one read-only
+    copy per worker, as the process backends memmap them; ``scatter=``
+    sends objects to every worker once for all calls.  Exceptions keep their
+    type, cause chain and traceback text.  A task that kills its dask
+    worker fails the call promptly with :class:`TerminatedWorkerError`
+    (chained from dask's ``KilledWorker``) instead of hanging.  A call made
+    inside a dask task runs on the cluster too (n_jobs=-1 by default), and
+    leaves the worker's thread pool while it waits, as joblib's, so nested
+    calls do not deadlock.  Registered on first use of the name ``'dask'``.
 
     Parameters
     ----------
     nesting_level, inner_max_num_threads
         As :class:`ParallelBackendBase` (dask manages worker threads itself).
     client : distributed.Client, optional
-        The client to submit to; default ``distributed.get_client()``.
+        The client to submit to; default: a new client of
+        ``scheduler_host`` if given, else ``distributed.get_client()``.
+    scheduler_host : str, optional
+        Address of the scheduler to connect to when ``client`` is None.
+    scatter : list or tuple, optional
+        Objects sent to every worker once (``Client.scatter(...,
+        broadcast=True)``); tasks naming them (by identity) receive them
+        without sending them again (numpy arrays read-only, shared by the
+        worker's tasks; other objects as a copy per batch).
+    loop : optional
+        The event loop of a client made for ``scheduler_host``.
+    wait_for_workers_timeout : float, default 10
+        Seconds a call waits for a first worker when the cluster has none;
+        0 fails at once.
+    **submit_kwargs
+        Passed to every ``Client.submit`` (``workers=``, ``resources=``,
+        ``retries=``, ``priority=``, ``allow_other_workers=``...).
 
     Raises
     ------
     ValueError
-        When dask.distributed is not installed (at registration).
+        When dask.distributed is not installed (at registration), or no
+        client exists and no ``scheduler_host`` is given.
+    TypeError
+        ``scatter`` is not a list or tuple (an InvalidParameterError).
+    TimeoutError
+        At a call, when no worker joined within
+        ``wait_for_workers_timeout`` seconds; RuntimeError when it is 0.
     """
 
     def __init__(self, nesting_level=None, inner_max_num_threads=None,
-                 client=None, **backend_kwargs):
-        super().__init__(nesting_level, inner_max_num_threads,
-                         **backend_kwargs)
+                 client=None, scheduler_host=None, scatter=None, loop=None,
+                 wait_for_workers_timeout=_DASK_WAIT_FOR_WORKERS_S,
+                 **submit_kwargs):
+        super().__init__(nesting_level, inner_max_num_threads)
+        if scatter is not None and not isinstance(scatter, (list, tuple)):
+            raise InvalidParameterError(
+                "scatter must be a list/tuple of objects to send to every "
+                "worker once, got `%s`" % type(scatter).__name__)
+        timeout = _as_seconds(wait_for_workers_timeout)
+        if timeout is None or timeout < 0:
+            raise InvalidParameterError(
+                "wait_for_workers_timeout must be a number of seconds >= 0 "
+                "(got %r)" % (wait_for_workers_timeout,))
+        for name in ("key", "pure"):
+            if name in submit_kwargs:
+                raise InvalidParameterError(
+                    "%s=%r: the dask backend sets %s itself"
+                    % (name, submit_kwargs[name], name))
+        if client is None:
+            from distributed import Client, get_client  # type: ignore
+            if scheduler_host:
+                client = Client(scheduler_host, loop=loop,
+                                set_as_default=False)
+            else:
+                try:
+                    client = get_client()
+                except ValueError as e:
+                    raise ValueError(
+                        "the 'dask' backend needs a dask client: create one "
+                        "first (to use joblib or parallel with dask, first "
+                        "create a dask client):\n\n"
+                        "    from dask.distributed import Client\n"
+                        "    client = Client()                  # a local "
+                        "cluster\n"
+                        "or\n"
+                        "    client = Client('scheduler-address:8786')") \
+                        from e
         self.client = client
+        self.wait_for_workers_timeout = timeout
+        self.submit_kwargs = submit_kwargs
         self._threads = 1      # of the cluster, at configure
+        self._pinned = {}
+        self._pinned_keep: list = []
+        np = sys.modules.get("numpy")
+        for x in scatter or ():
+            if np is not None and type(x) is np.ndarray and \
+                    not x.dtype.hasobject and _memmap_reference(x) is None:
+                data = x        # one read-only copy per worker
+            else:
+                reducer = _ArrayReducer(None, None, None)
+                data = _dumps(x, reducer)
+                self._pinned_keep.extend(reducer.take_kept())
+            self._pinned[id(x)] = (
+                x, client.scatter(data, hash=False, broadcast=True))
+
+    def __reduce__(self):
+        # A nested call's backend, rebuilt in a dask task: the worker's
+        # client (distributed.get_client) and the same submit keywords.
+        # Its nesting level starts again at 0, as joblib's: each dask task
+        # runs on a worker thread of its own.
+        return _nested_dask_backend, (self.wait_for_workers_timeout,
+                                      self.submit_kwargs)
+
+    def __copy__(self):      # Parallel's per-call copy: not __reduce__'s
+        backend = object.__new__(type(self))
+        backend.__dict__.update(self.__dict__)
+        return backend
 
     def _slots(self):
-        client = self.client
-        if client is None:
-            from distributed import get_client  # type: ignore
-            client = get_client()
-        return sum(client.nthreads().values()) or 1
+        return sum(self.client.nthreads().values()) or 1
+
+    def _sizeof(self, x):
+        from dask.sizeof import sizeof  # type: ignore
+        return sizeof(x)
+
+    def _share(self, blob):
+        # hash=False: a scatter from inside a task with hash=True often
+        # fails with CancelledError (dask/distributed#3703, as joblib).
+        return self.client.scatter(blob, hash=False)
+
+    def get_nested_backend(self):
+        return DaskDistributedBackend(
+            nesting_level=(self.nesting_level or 0) + 1, client=self.client,
+            wait_for_workers_timeout=self.wait_for_workers_timeout,
+            **self.submit_kwargs), -1
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
-        if self.client is None:
-            from distributed import get_client  # type: ignore
-            self.client = get_client()
         self.parallel = parallel
+        self._configure_sharing(parallel)
         self._futures = set()
-        self._threads = sum(self.client.nthreads().values()) or 1
+        self._threads = sum(self.client.nthreads().values())
+        if not self._threads:
+            self._wait_for_workers()
+            self._threads = sum(self.client.nthreads().values()) or 1
         return self.effective_n_jobs(n_jobs)
+
+    def _wait_for_workers(self):
+        timeout = self.wait_for_workers_timeout
+        if not timeout:
+            raise RuntimeError(
+                "DaskDistributedBackend has no active worker: the dask "
+                "cluster of %s has none (pass wait_for_workers_timeout=S to "
+                "wait S seconds for one)" % (self.client.scheduler.address,))
+        # A task makes an adaptive cluster start workers; it runs once one
+        # has joined.
+        probe = self.client.submit(_dask_probe, pure=False)
+        try:
+            probe.result(timeout=timeout)
+        except Exception as e:
+            if "Timeout" not in type(e).__name__:
+                raise
+            raise TimeoutError(
+                "DaskDistributedBackend has no worker after %s seconds. "
+                "Make sure that workers are started and can connect to the "
+                "scheduler (%s), or wait longer with parallel_config("
+                "backend='dask', wait_for_workers_timeout=%s)" % (
+                    timeout, self.client.scheduler.address,
+                    max(10, 2 * timeout))) from None
+        finally:
+            probe.release()
 
     def max_running_batches(self, n_jobs):
         return max(1, min(n_jobs, self._threads))
 
     def submit(self, batch, callback):
+        # Named as joblib's, for the dask dashboard: batch_of_f_3_calls
+        # (mixed_batch_of_... when its tasks call several functions).
         func = batch.function()
-        key = "parallel-batch-%s-%s" % (
-            getattr(func, "__name__", type(func).__name__), os.urandom(8).hex())
-        payload = _pickle_batch(batch, _ArrayReducer(None, None, None))
-        future = self.client.submit(_run_payload, payload, pure=False,
-                                    key=key)
+        mixed = batch.func is None and any(
+            task[0] is not func for task in batch.tasks)
+        key = "%sbatch_of_%s_%d_calls-%s" % (
+            "mixed_" if mixed else "", getattr(func, "__name__",
+                                               type(func).__name__),
+            len(batch), os.urandom(8).hex())
+        payload, handles = self._pickle_batch(batch)
+        future = self.client.submit(
+            _run_shared_payload if handles else _run_payload, payload,
+            *handles, pure=False, key=key, **self.submit_kwargs)
         self._futures.add(future)
         future.add_done_callback(_forgetful(callback))
         return future
@@ -3813,6 +4176,16 @@ class DaskBackend(_ClusterBackend):
         return seceded()
 
 
+DaskBackend = DaskDistributedBackend
+
+
+def _nested_dask_backend(wait_for_workers_timeout, submit_kwargs):
+    """Unpickle a nested call's dask backend, in a dask task."""
+    return DaskDistributedBackend(
+        nesting_level=0, wait_for_workers_timeout=wait_for_workers_timeout,
+        **submit_kwargs)
+
+
 def _register_ray():
     try:
         import ray  # type: ignore  # noqa: F401
@@ -3822,7 +4195,7 @@ def _register_ray():
     BACKENDS["ray"] = RayBackend
 
 
-_RAY_TASK: list = []     # ray.remote(_run_payload)
+_RAY_TASK: list = []     # ray.remote(_run_payload), of _run_shared_payload
 
 
 def _in_ray_task(ray):
@@ -3842,8 +4215,11 @@ class RayBackend(_ClusterBackend):
     backend does).  n_jobs=-1 (the default here) means every CPU of the
     cluster, -2 all but one.  Tasks travel pickled as for the process
     backends: memmaps and shared arrays by reference (workers on this host
-    write into the caller's), other arrays by value (writable on both
-    sides); exceptions keep their type, message, ``__cause__`` chain and
+    write into the caller's), other arrays by value; an argument of 1000
+    bytes or more goes to Ray's object store once per call (arrays above
+    ``max_nbytes`` reach tasks read-only, as the process backends memmap
+    them; see :class:`DaskDistributedBackend`); exceptions keep their
+    type, message, ``__cause__`` chain and
     traceback text.  A task whose Ray worker dies fails the call at once
     with :class:`TerminatedWorkerError` (chained from Ray's error; tasks
     are not retried unless ``ray_remote_args`` sets ``max_retries``).  On
@@ -3885,7 +4261,7 @@ class RayBackend(_ClusterBackend):
                              "supported (a batch returns one object)"
                              % (self.ray_remote_args["num_returns"],))
         self._refs = {}    # future -> ObjectRef
-        self._remote = None
+        self._remote = self._remote_shared = None
         self._cpus = 1.0       # of the cluster, at configure
 
     @staticmethod
@@ -3911,11 +4287,14 @@ class RayBackend(_ClusterBackend):
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
         ray = self._ray()
         self.parallel = parallel
+        self._configure_sharing(parallel)
         self._refs = {}
-        if not _RAY_TASK:      # made once: Ray exports it once per cluster
-            _RAY_TASK.append(ray.remote(_run_payload))
-        self._remote = _RAY_TASK[0].options(
-            **{"max_retries": 0, **self.ray_remote_args})
+        if not _RAY_TASK:      # made once: Ray exports them once per cluster
+            _RAY_TASK.extend((ray.remote(_run_payload),
+                              ray.remote(_run_shared_payload)))
+        options = {"max_retries": 0, **self.ray_remote_args}
+        self._remote = _RAY_TASK[0].options(**options)
+        self._remote_shared = _RAY_TASK[1].options(**options)
         cluster = ray.cluster_resources()
         self._cpus = cluster.get("CPU", 1)
         self._warn_unsatisfiable(cluster)
@@ -3945,9 +4324,13 @@ class RayBackend(_ClusterBackend):
                                               for name in missing}),
                           UserWarning, stacklevel=4)
 
+    def _share(self, blob):
+        return self._ray().put(blob)
+
     def submit(self, batch, callback):
-        payload = _pickle_batch(batch, _ArrayReducer(None, None, None))
-        ref = self._remote.remote(payload)
+        payload, refs = self._pickle_batch(batch)
+        ref = (self._remote_shared if refs else self._remote).remote(
+            payload, *refs)
         future = ref.future()
         self._refs[future] = ref
         future.add_done_callback(_forgetful(callback))

@@ -197,6 +197,47 @@ def test_unpicklable_task_fails_in_caller_naming_it():
     assert small_call("loky") == [0, 1, 2, 3]
 
 
+class UnprintableRecord:
+    def __repr__(self):
+        raise RuntimeError("session closed")   # a lazy ORM object, say
+
+
+class UnprintableError(Exception):
+    def __str__(self):
+        raise ValueError("no str")
+
+
+def raise_unprintable(i, kind):
+    if i == 1:
+        raise KeyError(UnprintableRecord()) if kind == "holder" else \
+            UnprintableError("x")
+    return i
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+@pytest.mark.parametrize("kind", ["holder", "self"])
+def test_exception_whose_str_fails_keeps_its_type(backend, kind):
+    # joblib#270: the worker used to die describing it (a misleading
+    # TerminatedWorkerError).
+    expected = KeyError if kind == "holder" else UnprintableError
+    with pytest.raises(expected):
+        Parallel(n_jobs=2, backend=backend)(
+            delayed(raise_unprintable)(i, kind) for i in range(4))
+    assert small_call(backend) == [0, 1, 2, 3]
+
+
+def test_modules_travel_as_arguments_and_results():
+    # joblib#656: by name, as cloudpickle sends them.
+    import json
+    import math
+    assert Parallel(n_jobs=2)(delayed(getattr)(math, "pi")
+                              for _ in range(2)) == [math.pi] * 2
+    assert Parallel(n_jobs=2)(delayed(getattr)({"xp": math}["xp"], "e")
+                              for _ in range(2)) == [math.e] * 2
+    assert Parallel(n_jobs=2)(delayed(__import__)("json")
+                              for _ in range(2)) == [json, json]
+
+
 # --- B05: no main guard, stdin scripts ---------------------------------------------------
 B05_SCRIPT = """\
 # deliberately no main guard
@@ -423,6 +464,46 @@ def test_initializer_from_main_or_a_lambda_works_on_every_process_backend():
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:4] == ["['7', '7']", "['8', '8']"] * 2
+
+
+ATEXIT_SCRIPT = r"""
+import atexit, logging, os, sys
+from parallel import Parallel, delayed
+OUT = sys.argv[1]
+def mark(name):
+    open(os.path.join(OUT, name), "w").close()
+def task(i):
+    atexit.register(mark, "task_%d" % os.getpid())
+    handler = logging.FileHandler(os.path.join(OUT, "log_%d" % os.getpid()))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("t").addHandler(handler)
+    logging.getLogger("t").warning("task %d", i)
+    return os.getpid()
+if __name__ == "__main__":
+    atexit.register(mark, "caller")
+    for backend in ("loky", "multiprocessing"):
+        print(len(set(Parallel(n_jobs=2, backend=backend, batch_size=1)(
+            delayed(task)(i) for i in range(4)))))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_workers_run_their_atexit_handlers_at_exit(tmp_path):
+    # joblib#1377: handlers registered in a worker run when it stops, as
+    # loky's; the caller's own run once, in the caller (a forked worker
+    # inherits them and must not run them).
+    done = subprocess.run([sys.executable, "-c", ATEXIT_SCRIPT,
+                           str(tmp_path)], cwd=ROOT, env=script_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    n_workers = sum(map(int, done.stdout.split()))
+    names = os.listdir(tmp_path)
+    assert names.count("caller") == 1
+    assert len([n for n in names if n.startswith("task_")]) == n_workers
+    logs = [n for n in names if n.startswith("log_")]
+    assert len(logs) == n_workers
+    assert all(open(os.path.join(tmp_path, n)).read().startswith("task ")
+               for n in logs)
 
 
 MAIN_GLOBALS_SCRIPT = r"""

@@ -16,6 +16,7 @@ else:
 
 import numpy as np  # noqa: E402
 
+from cluster_tasks import bump_and_sum, read_and_try_to_write  # noqa: E402
 from parallel import (Parallel, ParallelTimeoutError,  # noqa: E402
                       TerminatedWorkerError, WorkerError, atomic_add,
                       delayed,
@@ -243,6 +244,30 @@ def test_ray_arrays_travel_as_with_process_backends(cluster, tmp_path):
     [out] = Parallel(backend="ray", n_jobs=2)(delayed(center)(x)
                                               for _ in range(1))
     assert out.tolist() == (x - x.mean()).tolist() and out.flags.writeable
+
+
+def test_ray_large_arguments_go_to_the_object_store_once(cluster):
+    big = np.arange(300_000, dtype=np.float64)     # 2.4 MB > max_nbytes
+    puts = []
+    real_put = ray.put
+
+    def counting_put(value, *args, **kwargs):
+        puts.append(type(value).__name__)
+        return real_put(value, *args, **kwargs)
+    ray.put = counting_put
+    try:
+        out = Parallel(backend="ray", n_jobs=2, batch_size=1)(
+            delayed(read_and_try_to_write)(big, i) for i in range(10))
+        small = np.zeros(1000)
+        sums = Parallel(backend="ray", n_jobs=2, batch_size=1)(
+            delayed(bump_and_sum)(small, i) for i in range(6))
+    finally:
+        ray.put = real_put
+    # once each: the large array itself (read-only in the tasks, as an
+    # auto-memmapped input), the small one pickled (a copy per batch)
+    assert puts == ["ndarray", "bytes"]
+    assert out == [(float(i), False, False) for i in range(10)]
+    assert sums == [1000.0] * 6 and not small.any() and big[0] == 0.0
 
 
 def test_ray_unpicklable_arguments_and_results_are_named(cluster):
