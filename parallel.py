@@ -281,15 +281,18 @@ def cpu_count(only_physical_cores: bool = False) -> int:
     limits = [total]
     if hasattr(os, "sched_getaffinity"):
         limits.append(len(os.sched_getaffinity(0)))
-    limits.append(_cgroup_cpu_limit())
+    limits.append(_cgroup_cpu_limit())     # 0: no quota
+    count = min(x for x in limits if x)
     env_limit = _env("PARALLEL_MAX_CPU_COUNT", "LOKY_MAX_CPU_COUNT")
     if env_limit is not None:
         try:
-            limits.append(int(env_limit))
+            count = min(count, int(env_limit))   # 0 or less: 1, as loky
         except ValueError:
-            warnings.warn("PARALLEL_MAX_CPU_COUNT=%r is not an integer; "
-                          "ignored" % env_limit)
-    count = max(1, min(x for x in limits if x))
+            name = "PARALLEL_MAX_CPU_COUNT" if _env(
+                "PARALLEL_MAX_CPU_COUNT") is not None else "LOKY_MAX_CPU_COUNT"
+            warnings.warn("%s=%r is not an integer; ignored"
+                          % (name, env_limit))
+    count = max(1, count)
     if only_physical_cores and count >= total:
         count = _physical_core_count() or count
     return count
@@ -5541,11 +5544,22 @@ def _dump_to(f, value):
         position = start + offset + array.nbytes
 
 
-def _compression_level(compress):
-    """zlib level from joblib's ``compress``: bool, 0-9, a method name
-    ('zlib' or 'gzip': level 3) or (method, level); ValueError in joblib's
-    words otherwise."""
-    methods = ("zlib", "gzip")
+# Compression methods of dump (joblib's names, standard library codecs):
+# method -> file name extension that selects it when ``compress`` is a level.
+_DUMP_COMPRESSORS = {"zlib": ".z", "gzip": ".gz", "bz2": ".bz2",
+                     "lzma": ".lzma", "xz": ".xz"}
+_DUMP_DEFAULT_LEVEL = 3
+
+
+def _compression(compress, filename):
+    """(method, level) from joblib's ``compress`` (bool, 0-9, a method
+    name, or (method, level)) and the file name; level 0: uncompressed.
+    As joblib, a level alone takes its method from the file name's
+    extension ('.z', '.gz', '.bz2', '.lzma', '.xz'; zlib otherwise), which
+    also compresses a file so named at level 0.  ValueError in joblib's
+    words for a bad value."""
+    methods = list(_DUMP_COMPRESSORS)
+    method = None
     if isinstance(compress, tuple):
         if len(compress) != 2:
             raise ValueError(
@@ -5553,25 +5567,66 @@ def _compression_level(compress):
                 "(compress method, compress level), you passed %r"
                 % (compress,))
         method, compress = compress
-        if method not in methods:
-            raise ValueError(
-                'Non valid compression method given: "%s". Possible values '
-                "are %s (both write zlib; bz2, lzma and lz4 are not "
-                "supported)" % (method, list(methods)))
+        if compress is None:
+            compress = _DUMP_DEFAULT_LEVEL
     elif isinstance(compress, str):
-        if compress in methods:
-            return 3
-        if compress in ("bz2", "lzma", "xz", "lz4"):
-            raise ValueError(
-                'Non valid compression method given: "%s". Possible values '
-                "are %s (both write zlib)" % (compress, list(methods)))
+        method, compress = compress, _DUMP_DEFAULT_LEVEL
+    if method is not None and method not in _DUMP_COMPRESSORS:
+        raise ValueError(
+            'Non valid compression method given: "%s". Possible values are '
+            "%s%s" % (method, methods, " (lz4 is not supported)"
+                      if method == "lz4" else ""))
     if isinstance(compress, bool):
-        return 3 if compress else 0
-    if isinstance(compress, int) and 0 <= compress <= 9:
-        return compress
-    raise ValueError('Non valid compress level given: "%s". Possible values '
-                     "are [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], True, False, "
-                     "'zlib' or ('zlib', level)" % (compress,))
+        compress = _DUMP_DEFAULT_LEVEL if compress else 0
+    if not isinstance(compress, int) or not 0 <= compress <= 9:
+        raise ValueError('Non valid compress level given: "%s". Possible '
+                         "values are [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], True, "
+                         "False, a method of %s or (method, level)"
+                         % (compress, methods))
+    if method is None and isinstance(filename, str):
+        for name, extension in _DUMP_COMPRESSORS.items():
+            if filename.endswith(extension):
+                method = name
+                compress = compress or _DUMP_DEFAULT_LEVEL
+    return method or "zlib", compress
+
+
+def _compressed_writer(method, level, f):
+    """A binary file object that compresses into ``f`` (not closing it)."""
+    if method == "gzip":
+        import gzip
+        return gzip.GzipFile(fileobj=f, mode="wb", compresslevel=level,
+                             mtime=0)
+    if method == "bz2":
+        import bz2
+        return bz2.BZ2File(f, "wb", compresslevel=max(level, 1))
+    import lzma
+    return lzma.LZMAFile(f, "wb", preset=level, format=lzma.FORMAT_XZ
+                         if method == "xz" else lzma.FORMAT_ALONE)
+
+
+def _decompressed(head, f):
+    """The content of a compressed dump whose first bytes are ``head`` and
+    the rest ``f``, or None when it is not compressed."""
+    if head.startswith(_DUMP_MAGIC_ZLIB):
+        import zlib
+        return zlib.decompress(f.read())
+    rest = None
+    if head.startswith(b"\x1f\x8b"):
+        import gzip
+        rest = gzip.decompress
+    elif head.startswith(b"BZh"):
+        import bz2
+        rest = bz2.decompress
+    elif head.startswith(b"\xfd7zXZ\x00") or head.startswith(b"\x5d\x00\x00"):
+        import lzma
+        rest = lzma.decompress
+    elif head[:1] == b"\x78":       # joblib's '.z': a bare zlib stream
+        import zlib
+        rest = zlib.decompress
+    if rest is None:
+        return None
+    return rest(head + f.read())
 
 
 def _check_file_target(filename, method, parameter="filename"):
@@ -5606,8 +5661,9 @@ def dump(value: Any, filename: Any, compress: Any = 0,
     fields; shared arrays and memmaps are saved by value) are written as
     raw, 64-byte aligned blocks after a pickle of the rest; other ndarray
     subclasses (masked arrays, recarrays, ...) are pickled as they define,
-    so they come back with their class and mask.  The format is this module's own: joblib's ``load`` cannot read it
-    and :func:`load` cannot read joblib's files.
+    so they come back with their class and mask.  The format is this
+    module's own: joblib's ``load`` cannot read it, and :func:`load` reads
+    plain pickles but not joblib's files.
 
     Parameters
     ----------
@@ -5616,9 +5672,12 @@ def dump(value: Any, filename: Any, compress: Any = 0,
     filename : str, os.PathLike or binary file object
         Target file (overwritten), or an object with ``write``.
     compress : bool, int, str or tuple, default 0
-        zlib level 0-9 (True, 'zlib': 3), or ``('zlib', level)``: the same
-        content, compressed with zlib (joblib's 'gzip' spellings are taken
-        as zlib).  Compressed files load into memory (no memory mapping).
+        A level 0-9 (True: 3), a method ('zlib', 'gzip', 'bz2', 'lzma',
+        'xz'; level 3) or ``(method, level)``, as joblib's.  A level alone
+        compresses with the method that the file name's extension names
+        ('.z', '.gz', '.bz2', '.lzma', '.xz', which compress even at level
+        0, as in joblib), else zlib.  Compressed files load into memory (no
+        memory mapping).
     protocol : int, optional
         Ignored (kept for joblib's signature): protocol 5 is used.
 
@@ -5637,10 +5696,10 @@ def dump(value: Any, filename: Any, compress: Any = 0,
     pickle.PicklingError
         When ``value`` cannot be pickled.
     """
-    level = _compression_level(compress)
     filename = target = _check_file_target(filename, "write")
+    method, level = _compression(compress, filename)
     try:
-        if level:
+        if level and method == "zlib":
             import zlib
             plain = io.BytesIO()
             _dump_to(plain, value)
@@ -5650,6 +5709,14 @@ def dump(value: Any, filename: Any, compress: Any = 0,
             else:
                 with open(filename, "wb") as f:
                     f.write(data)
+        elif level:
+            if hasattr(filename, "write"):
+                with _compressed_writer(method, level, target) as z:
+                    _dump_to(z, value)
+            else:
+                with open(filename, "wb") as f, \
+                        _compressed_writer(method, level, f) as z:
+                    _dump_to(z, value)
         elif hasattr(filename, "write"):
             _dump_to(target, value)
         else:
@@ -5671,7 +5738,9 @@ def load(filename: Any, mmap_mode: Optional[str] = None) -> Any:
     Parameters
     ----------
     filename : str, os.PathLike or binary file object
-        A file written by :func:`dump`, or an object with ``read``.
+        A file written by :func:`dump` (compressed or not), or a plain
+        pickle (as a ``.pkl`` model file; compressed too), or an object
+        with ``read``.
     mmap_mode : {None, 'r', 'r+', 'w+', 'c'}, default None
         None reads arrays into memory, in native byte order (as joblib); a
         mode returns :class:`numpy.memmap` views of the file ('w+' is
@@ -5686,9 +5755,14 @@ def load(filename: Any, mmap_mode: Optional[str] = None) -> Any:
     Raises
     ------
     ValueError
-        Not a file written by :func:`dump` (for example one written by
-        joblib), a bad ``mmap_mode``, or a ``filename`` that is neither a
-        path nor a file object.
+        Neither a file written by :func:`dump` nor a pickle (for example a
+        file of joblib's format), a bad ``mmap_mode``, or a ``filename``
+        that is neither a path nor a file object.
+
+    Notes
+    -----
+    Loading unpickles, which can run any code: as with joblib's ``load``
+    and ``pickle``, load only files you trust.
     """
     _check_choice("mmap_mode", mmap_mode, (None, "r", "r+", "w+", "c"))
     filename = _check_file_target(filename, "read")
@@ -5704,21 +5778,19 @@ def load(filename: Any, mmap_mode: Optional[str] = None) -> Any:
                                                    lambda: False)():
             f.seek(0)     # a buffer just written and not rewound (joblib
             magic = f.read(len(_DUMP_MAGIC))   # reads it from the start)
-        if magic == _DUMP_MAGIC_ZLIB:
-            import zlib
+        data = None if magic == _DUMP_MAGIC else _decompressed(magic, f)
+        if data is not None:
             if mmap_mode is not None:
                 warnings.warn('mmap_mode "%s" is not compatible with '
                               'compressed file %s. "%s" flag will be '
                               "ignored." % (mmap_mode, name, mmap_mode),
                               UserWarning, stacklevel=2)
-            data = zlib.decompress(f.read())
-            if not data.startswith(_DUMP_MAGIC):    # files of parallel 0.1.0
-                return pickle.loads(data)
+            if not data.startswith(_DUMP_MAGIC):    # a compressed pickle
+                return _load_pickle(data, name)
             return _load_from(io.BytesIO(data[len(_DUMP_MAGIC):]), name,
                               None)
-        if magic != _DUMP_MAGIC:
-            raise ValueError("%s was not written by parallel.dump (files "
-                             "written by joblib.dump need joblib.load)" % name)
+        if magic != _DUMP_MAGIC:     # a plain pickle (sklearn's .pkl files)
+            return _load_pickle(magic + f.read(), name)
         if mmap_mode is not None and hasattr(filename, "read"):
             warnings.warn("mmap_mode=%r is ignored for a file object"
                           % (mmap_mode,), UserWarning, stacklevel=2)
@@ -5727,6 +5799,21 @@ def load(filename: Any, mmap_mode: Optional[str] = None) -> Any:
     finally:
         if f is not filename:
             f.close()
+
+
+def _load_pickle(data, name):
+    """Unpickle the bytes of a file that :func:`dump` did not write (a
+    plain pickle, compressed or not), as joblib's load does; ValueError
+    for a file of joblib's own format (its arrays follow the pickle)."""
+    if b"joblib.numpy_pickle" in data[:4096]:
+        raise ValueError("%s was written by joblib.dump, whose format only "
+                         "joblib.load reads" % (name,))
+    try:
+        return pickle.loads(data)
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise ValueError("%s is neither a file written by parallel.dump nor "
+                         "a pickle (%s: %s)" % (name, type(e).__name__,
+                                                _safe_str(e))) from e
 
 
 def _load_from(f, filename, mmap_mode):

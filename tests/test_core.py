@@ -730,6 +730,10 @@ def test_cpu_count_honours_affinity_and_environment():
     assert done.stdout.strip() == "1", done.stderr
     done = run_script(code, env={"LOKY_MAX_CPU_COUNT": "1"})
     assert done.stdout.strip() == "1", done.stderr
+    done = run_script(code, env={"LOKY_MAX_CPU_COUNT": "0"})   # as loky
+    assert done.stdout.strip() == "1", done.stderr
+    done = run_script(code, env={"LOKY_MAX_CPU_COUNT": "two"})
+    assert "LOKY_MAX_CPU_COUNT='two' is not an integer" in done.stderr
     if hasattr(os, "sched_setaffinity"):
         code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity"
                 "(0))})\nfrom parallel import cpu_count, effective_n_jobs\n"

@@ -774,10 +774,9 @@ def test_dump_compress_and_file_objects(tmp_path):
     np.testing.assert_array_equal(out["b"][0], value["b"][0])
     with pytest.raises(ValueError, match="compress"):
         parallel.dump(value, str(tmp_path / "bad.pkl"), compress=11)
-    other = tmp_path / "joblib_like.pkl"
+    other = tmp_path / "plain.pkl"
     other.write_bytes(pickle.dumps([1, 2]))
-    with pytest.raises(ValueError, match="joblib"):
-        parallel.load(str(other))
+    assert parallel.load(str(other)) == [1, 2]     # as joblib.load
 
 
 class _Tagged(np.ndarray):
@@ -876,7 +875,7 @@ def test_dump_compress_names_bad_targets_and_unrewound_buffers(tmp_path):
     for compress in ("zlib", "gzip", ("gzip", 3), ("zlib", 9)):
         parallel.dump({"a": np.arange(3)}, path, compress=compress)
         np.testing.assert_array_equal(parallel.load(path)["a"], np.arange(3))
-    for compress in ("bz2", ("lzma", 3), "nope"):
+    for compress in ("lz4", ("lzma", 10), "nope"):
         with pytest.raises(ValueError, match="compress"):
             parallel.dump(1, path, compress=compress)
     with pytest.raises(ValueError, match=r"filename must be .*got \{\}"):
@@ -1059,7 +1058,7 @@ def test_dump_load_messages_in_joblibs_words(tmp_path):
                        "contain exactly 2 elements"),
                       (("wrong", 3), 'Non valid compression method given: '
                        '"wrong"'),
-                      ("bz2", 'Non valid compression method given: "bz2"')):
+                      ("lz4", 'Non valid compression method given: "lz4"')):
         with pytest.raises(ValueError) as info:
             parallel.dump(1, path, compress=bad)
         assert text in str(info.value)
@@ -1069,3 +1068,48 @@ def test_dump_load_messages_in_joblibs_words(tmp_path):
     assert str(caught[0].message) == (
         'mmap_mode "r+" is not compatible with compressed file %s. "r+" '
         "flag will be ignored." % path)
+
+
+@pytest.mark.parametrize("name,compress,opener", [
+    ("a.pkl.gz", 0, "gzip"), ("a.bz2", 0, "bz2"), ("a.xz", 3, "lzma"),
+    ("a.lzma", True, "lzma"), ("a.pkl", "bz2", "bz2"),
+    ("a.pkl", ("xz", 1), "lzma"), ("a.pkl", ("gzip", None), "gzip")])
+def test_dump_compresses_as_joblib_with_standard_codecs(tmp_path, name,
+                                                         compress, opener):
+    """joblib#273/#626: the method of a level alone comes from the file
+    name's extension; the file is a standard gzip/bz2/xz/lzma stream."""
+    import importlib
+    path = str(tmp_path / name)
+    value = {"a": np.arange(100_000), "b": "text"}
+    parallel.dump(value, path, compress=compress)
+    assert os.path.getsize(path) < value["a"].nbytes // 4
+    with importlib.import_module(opener).open(path) as f:
+        assert len(f.read()) > value["a"].nbytes     # a valid stream
+    out = parallel.load(path)
+    np.testing.assert_array_equal(out["a"], value["a"])
+    assert out["b"] == "text"
+
+
+def test_load_reads_plain_pickles_and_names_joblibs_format(tmp_path):
+    """sklearn's .pkl model files are plain pickles (joblib#694)."""
+    import gzip
+    import pickle
+    path = str(tmp_path / "model.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"w": np.ones(3)}, f)
+    np.testing.assert_array_equal(parallel.load(path)["w"], np.ones(3))
+    with gzip.open(path + ".gz", "wb") as f:
+        pickle.dump([1, 2], f)
+    assert parallel.load(path + ".gz") == [1, 2]
+    junk = str(tmp_path / "junk.bin")
+    with open(junk, "wb") as f:
+        f.write(b"not a pickle, not a dump")
+    with pytest.raises(ValueError, match="neither a file written by"):
+        parallel.load(junk)
+    env = dict(os.environ)
+    joblib = pytest.importorskip("joblib")
+    os.environ.clear()            # importing joblib sets KMP_INIT_AT_FORK
+    os.environ.update(env)
+    joblib.dump(np.arange(3), str(tmp_path / "j.pkl"))
+    with pytest.raises(ValueError, match="written by joblib.dump"):
+        parallel.load(str(tmp_path / "j.pkl"))
