@@ -1766,12 +1766,17 @@ def _is_temporary_segment(a):
         _SEGMENT_PREFIX + "auto_")
 
 
-def _read_only_hint(exc, tasks, cluster=False):
+# Large inputs that dask and Ray workers made read-only (id -> array).
+_READ_ONLY_INPUTS: "weakref.WeakValueDictionary[int, Any]" = \
+    weakref.WeakValueDictionary()
+
+
+def _read_only_hint(exc, tasks):
     """Add a note to numpy's read-only error when a worker wrote into an
     automatically memmapped input (joblib's most reported surprise), or
-    on a cluster (``cluster``) into a large input shared by the worker's
-    tasks; ``tasks`` are the batch's (function, args, kwargs), malformed
-    or not."""
+    on a cluster into a large input made read-only (_READ_ONLY_INPUTS);
+    ``tasks`` are the batch's (function, args, kwargs), malformed or
+    not."""
     if not (isinstance(exc, ValueError) and "read-only" in _safe_str(exc)):
         return exc
     np = sys.modules.get("numpy")
@@ -1779,7 +1784,7 @@ def _read_only_hint(exc, tasks, cluster=False):
     def read_only_maps(x, depth=0):
         if isinstance(x, np.memmap):
             return x.mode == "r"
-        if cluster and isinstance(x, np.ndarray):
+        if isinstance(x, np.ndarray) and _READ_ONLY_INPUTS.get(id(x)) is x:
             return not x.flags.writeable
         if depth < 5 and isinstance(x, (list, tuple, dict)):
             items = x.values() if isinstance(x, dict) else x
@@ -2572,6 +2577,13 @@ def _worker_main(conn, env, init_payload, caller_pid, kind="loky"):
     atexit._clear()
     if "logging" in sys.modules:
         atexit.register(sys.modules["logging"].shutdown)
+    # weakref.finalize registers its exit hook once per process: let it
+    # register again, without the caller's finalizers (a forked caller's
+    # would remove its own temporary folders at this worker's exit).
+    finalize = weakref.finalize
+    for info in list(getattr(finalize, "_registry", {}).values()):
+        info.atexit = False
+    finalize._registered_with_atexit = False  # type: ignore[attr-defined]
     os.environ.update(env)
     _limit_native_threads(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -2646,6 +2658,24 @@ def _run_batch_in_worker(conn, batch_id, track, payload):
 _LOADING_TASK = threading.local()
 
 
+class _ReadOnlyArgument:
+    """An array argument that unpickles read-only (see _ClusterBackend)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+    def __reduce__(self):
+        return _read_only_array, (self.array,)
+
+
+def _read_only_array(array):
+    array.flags.writeable = False     # its own, freshly unpickled copy
+    _READ_ONLY_INPUTS[id(array)] = array
+    return array
+
+
 class _SharedSlot:
     """Stands, in a pickled batch, for an argument that travels once per
     call (dask's scatter, Ray's object store): ``index`` into the pickled
@@ -2669,9 +2699,7 @@ def _fill_shared_slots(batch, shared):
     def value(v):
         if isinstance(v, bytes):
             return pickle.loads(v)
-        v = v.view()
-        v.flags.writeable = False
-        return v
+        return _read_only_array(v.view())
     values = [value(v) for v in shared]
 
     def fill(args):
@@ -2683,7 +2711,8 @@ def _fill_shared_slots(batch, shared):
         batch.tasks = [
             (f, fill(args), {k: values[v.index] if v.__class__ is _SharedSlot
                              else v for k, v in kwargs.items()})
-            for f, args, kwargs in batch.tasks]
+            if isinstance(args, tuple) and isinstance(kwargs, dict)
+            else (f, args, kwargs) for f, args, kwargs in batch.tasks]
 
 
 def _run_shared_payload(payload, *shared):
@@ -2720,7 +2749,7 @@ def _run_payload(payload, on_task_start=None, shared=()):
                                 "its arguments must be picklable and their "
                                 "modules importable there"))
         elif batch.tasks:
-            e = _read_only_hint(e, batch.triples(), bool(shared))
+            e = _read_only_hint(e, batch.triples())
         return _MSG_ERROR, pickle.dumps(_pack_exception(e))
     try:
         return _MSG_RESULT, _dumps((batch.duration_s, results),
@@ -3799,17 +3828,23 @@ _INLINE_TYPES = frozenset((int, float, complex, bool, str, bytes,
 class _ClusterBackend(ParallelBackendBase):
     """What the dask and Ray backends share: timeouts, joblib's batch
     durations, n_jobs=-1 meaning every slot of the cluster (-2 all but
-    one), nested calls run sequentially inside their tasks, and large
-    arguments put on the cluster once per call.
+    one), nested calls run sequentially inside their tasks (dask's run on
+    the cluster), and large arguments put on the cluster once per call.
 
     An argument of a task (positional, or a keyword's value) that can be
-    weakly referenced (a numpy array, a DataFrame, most objects) and is at
-    least ``_CLUSTER_SHARE_MIN_NBYTES`` large is pickled once per call, as
-    task arguments are (memmaps and shared arrays by reference), and put
-    on the cluster (:meth:`_share`); the tasks that name it carry a
-    :class:`_SharedSlot` and each batch unpickles its own copy.  So an
-    array passed to every task crosses the network once per worker, not
-    once per task, as with joblib's dask backend.
+    weakly referenced (a numpy array, a DataFrame, most objects), is at
+    least ``_CLUSTER_SHARE_MIN_NBYTES`` large and that a second batch of
+    the call names is put on the cluster once (:meth:`_share`): pickled as
+    task arguments are (memmaps and shared arrays by reference; each
+    batch unpickles its own copy), or, for a plain array above the call's
+    ``max_nbytes`` (with ``mmap_mode='r'``), the array itself, which tasks
+    get read-only (one copy per worker, as the process backends memmap
+    it).  The batches then carry a :class:`_SharedSlot`.  So an array
+    passed to every task crosses the network about once per worker, not
+    once per task, as with joblib's dask backend; an argument seen once
+    travels in its batch, and is not kept on the cluster.  Only top-level
+    arguments are shared; the object as it is when first shared is what
+    later tasks get.
     """
 
     supports_timeout = True
@@ -3871,56 +3906,88 @@ class _ClusterBackend(ParallelBackendBase):
         self._shared_keep.extend(reducer.take_kept())
         return blob
 
-    def _shared_handle(self, x):
-        """The handle of ``x`` on the cluster, put there on its first use in
-        this call, or None when ``x`` travels inside the batch."""
+    def _entry(self, x):
+        """The call's record of argument ``x``: [weak reference, handle on
+        the cluster or None, batches that used it, kind ('array': read-only
+        above max_nbytes, 'blob': pickled, None: always inside the
+        batch)], or None when ``x`` cannot be weakly referenced."""
         key = id(x)
-        pinned = self._pinned.get(key)
-        if pinned is not None and pinned[0] is x:
-            return pinned[1]
         entry = self._shared.get(key)
         if entry is not None and entry[0]() is x:
-            return entry[1]
+            return entry
         shared = self._shared
         try:
             ref = weakref.ref(x, lambda _, k=key: shared.pop(k, None))
         except TypeError:     # lists, tuples, dicts: inside the batch
             return None
-        handle = None
         np = sys.modules.get("numpy")
+        kind = None
+        if np is not None and type(x) is np.ndarray and \
+                self._share_arrays_over is not None and \
+                x.nbytes > self._share_arrays_over and \
+                not x.dtype.hasobject and _memmap_reference(x) is None:
+            kind = "array"
+        elif self._sizeof(x) >= _CLUSTER_SHARE_MIN_NBYTES:
+            kind = "blob"
+        entry = shared[key] = [ref, None, 0, kind]
+        return entry
+
+    def _put(self, x, entry):
+        """Put ``x`` on the cluster for the rest of the call (an array
+        itself, else pickled); the handle, or None to keep it inside the
+        batch (its pickling fails again there, named)."""
         try:
-            if np is not None and type(x) is np.ndarray and \
-                    self._share_arrays_over is not None and \
-                    x.nbytes > self._share_arrays_over and \
-                    not x.dtype.hasobject and _memmap_reference(x) is None:
-                handle = self._share(x)      # one read-only copy per worker
-            elif self._sizeof(x) >= _CLUSTER_SHARE_MIN_NBYTES:
-                blob = self._pickle_for_cluster(x)
-                if len(blob) >= _CLUSTER_SHARE_MIN_NBYTES:
-                    handle = self._share(blob)
-        except Exception:     # it fails again, named, with its batch
-            handle = None
-        shared[key] = (ref, handle)
-        return handle
+            if entry[3] == "array":
+                return self._share(x)
+            blob = self._pickle_for_cluster(x)
+            if len(blob) >= _CLUSTER_SHARE_MIN_NBYTES:
+                return self._share(blob)
+        except Exception:
+            pass
+        entry[3] = None
+        return None
 
     def _pickle_batch(self, batch):
-        """(payload, handles): the batch pickled for a worker with its
-        large arguments replaced by _SharedSlot markers, and the handles
-        of those arguments in slot order (see the class docstring)."""
+        """(payload, handles): the batch pickled for a worker, and the
+        handles of the arguments that travel apart, in slot order.
+
+        A large argument travels inside the first batch that names it (an
+        argument per task costs no extra round trip, and is not kept on
+        the cluster); from the second batch on it is put on the cluster
+        once and the batches carry a :class:`_SharedSlot`.  An array above
+        ``max_nbytes`` reaches tasks read-only either way."""
         handles: list = []
-        slots: Dict[int, Any] = {}
+        swapped: Dict[int, Any] = {}     # id -> what replaces it here
+        pinned = self._pinned
 
         def swap(x):
+            key = id(x)
+            done = swapped.get(key)
+            if done is not None:
+                return done
+            if pinned:
+                entry = pinned.get(key)
+                if entry is not None and entry[0] is x:
+                    done = swapped[key] = _SharedSlot(len(handles))
+                    handles.append(entry[1])
+                    return done
             if x.__class__ in _INLINE_TYPES:
                 return x
-            handle = self._shared_handle(x)
-            if handle is None:
+            entry = self._entry(x)
+            if entry is None or entry[3] is None:
                 return x
-            slot = slots.get(id(x))
-            if slot is None:
-                slot = slots[id(x)] = _SharedSlot(len(handles))
-                handles.append(handle)
-            return slot
+            entry[2] += 1
+            if entry[1] is None and entry[2] > 1:
+                entry[1] = self._put(x, entry)
+            if entry[1] is not None:
+                done = _SharedSlot(len(handles))
+                handles.append(entry[1])
+            elif entry[3] == "array":
+                done = _ReadOnlyArgument(x)
+            else:
+                done = x
+            swapped[key] = done
+            return done
         if batch.func is not None:
             tasks = [tuple(map(swap, args)) for args in batch.tasks]
         else:
@@ -3929,7 +3996,7 @@ class _ClusterBackend(ParallelBackendBase):
                      if isinstance(args, tuple) and isinstance(kwargs, dict)
                      else (f, args, kwargs)
                      for f, args, kwargs in batch.tasks]
-        if handles:
+        if swapped:
             batch.tasks = tasks
         return _pickle_batch(batch, _ArrayReducer(None, None, None)), handles
 

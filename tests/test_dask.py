@@ -204,6 +204,18 @@ def test_large_arguments_cross_to_dask_once_per_call(client):
     assert not small.any()
 
 
+def test_arguments_seen_once_travel_in_their_batch(client):
+    # One array per task: scattering each would cost a round trip per task
+    # and keep them all on the cluster until the call ends.
+    import numpy as np
+    chunks = [np.full(2000, float(i)) for i in range(30)]
+    before = scatter_events(client)
+    with parallel_config(backend="dask"):
+        sums = Parallel(batch_size=1)(delayed(np.sum)(c) for c in chunks)
+    assert sums == [2000.0 * i for i in range(30)]
+    assert scatter_events(client) == before
+
+
 def write_first(x):
     x[0] = 1.0
 

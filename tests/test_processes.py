@@ -467,7 +467,7 @@ def test_initializer_from_main_or_a_lambda_works_on_every_process_backend():
 
 
 ATEXIT_SCRIPT = r"""
-import atexit, logging, os, sys
+import atexit, logging, os, sys, weakref
 from parallel import Parallel, delayed
 OUT = sys.argv[1]
 def mark(name):
@@ -479,11 +479,25 @@ def task(i):
     logging.getLogger("t").addHandler(handler)
     logging.getLogger("t").warning("task %d", i)
     return os.getpid()
+class Kept:
+    pass
+KEPT = []
+def finalized(i):
+    KEPT.append(Kept())
+    weakref.finalize(KEPT[-1], mark, "finalize_%d" % os.getpid())
+    return os.getpid()
 if __name__ == "__main__":
+    import tempfile, weakref
     atexit.register(mark, "caller")
     for backend in ("loky", "multiprocessing"):
         print(len(set(Parallel(n_jobs=2, backend=backend, batch_size=1)(
             delayed(task)(i) for i in range(4)))))
+    # a forked worker must not run the caller's finalizers (this folder's
+    # removal), and runs its own
+    mine = tempfile.TemporaryDirectory()
+    with Parallel(n_jobs=2, backend="multiprocessing", batch_size=1) as p:
+        print(len(set(p(delayed(finalized)(i) for i in range(4)))))
+    print(os.path.isdir(mine.name))
 """
 
 
@@ -496,10 +510,14 @@ def test_workers_run_their_atexit_handlers_at_exit(tmp_path):
                            str(tmp_path)], cwd=ROOT, env=script_env(),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    n_workers = sum(map(int, done.stdout.split()))
+    counts = done.stdout.split()
+    assert counts[-1] == "True"    # the caller's folder is still there
+    n_workers = sum(map(int, counts[:2]))
     names = os.listdir(tmp_path)
     assert names.count("caller") == 1
     assert len([n for n in names if n.startswith("task_")]) == n_workers
+    assert len([n for n in names if n.startswith("finalize_")]) == \
+        int(counts[2])
     logs = [n for n in names if n.startswith("log_")]
     assert len(logs) == n_workers
     assert all(open(os.path.join(tmp_path, n)).read().startswith("task ")
