@@ -4896,8 +4896,13 @@ class _Call:
         self.initial = pre != "all" and not sequential
         self.freed_s = 0.0     # latest end of a batch (see _check_deadlines)
         batcher = parallel._batcher
-        if sequential:      # one task at a time, as joblib's n_jobs=1
+        # joblib's n_jobs=1 reads batch_size tasks at a time from the input
+        # and runs them one at a time.
+        self.sequential_read = None
+        if sequential:
             self.batcher = _AutoBatcher(fixed=1)
+            self.sequential_read = parallel.batch_size \
+                if isinstance(parallel.batch_size, int) else 1
         elif parallel.batch_size != "auto":
             self.batcher = _AutoBatcher(fixed=parallel.batch_size)
         elif backend.batch_duration_band_s is None or (
@@ -4957,6 +4962,10 @@ class _Call:
         the end of the input is seen early enough to shrink the last
         batches."""
         buffer = self.buffer
+        if self.sequential_read is not None:
+            if not len(buffer):
+                buffer.read(self.sequential_read)
+            return buffer.take(size)
         room = sys.maxsize
         if self.initial:   # spread the first pre_dispatch tasks over workers
             room = self.pre_dispatch_amount - self.n_pulled - len(buffer)

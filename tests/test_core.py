@@ -1086,3 +1086,24 @@ def test_n_jobs_1_runs_tasks_one_by_one_with_joblibs_progress_calls():
         [i * i for i in range(20)]
     assert len(p.seen) == 21 and p.seen[:2] == [(1, 1), (2, 2)]
     assert p.seen[-1] == (20, 20)
+
+
+def test_n_jobs_1_reads_batch_size_tasks_ahead_as_joblib():
+    # joblib 1.6's test_dispatch_one_job: the input is read batch_size tasks
+    # at a time, the tasks run one by one.
+    log = []
+
+    def produce():
+        for i in range(6):
+            log.append("produced %d" % i)
+            yield delayed(log.append)("consumed %d" % i)
+    for batch_size, reads in ((1, [1] * 6), (4, [4, 2])):
+        log.clear()
+        Parallel(n_jobs=1, batch_size=batch_size)(produce())
+        expected = []
+        done = 0
+        for n in reads:
+            expected += ["produced %d" % i for i in range(done, done + n)]
+            expected += ["consumed %d" % i for i in range(done, done + n)]
+            done += n
+        assert log == expected
