@@ -163,6 +163,48 @@ ffibuilder = make_builder(optional=True)
 
 # ---- building without setuptools -----------------------------------------
 
+def _has_setuptools():
+    try:
+        import setuptools  # noqa: F401  (cffi's compile() needs it on 3.12+)
+    except ImportError:
+        return False
+    return True
+
+
+def compile_with_cc(work, target):
+    """Compile the extension with the C compiler this Python was built
+    with, where setuptools is missing (fresh virtual environments on
+    Python 3.12 and later have none, and cffi's ``compile()`` needs it
+    there): cffi writes the C file, the compiler named by sysconfig's
+    ``CC``/``LDSHARED`` builds it.  Returns `target`.
+
+    Raises
+    ------
+    cffi.VerificationError
+        The compiler is missing or failed (its output is in the message).
+    """
+    import shlex
+    import subprocess
+    from cffi import VerificationError
+    source = os.path.join(work, MODULE_NAME + ".c")
+    make_builder(optional=False).emit_c_code(source)
+    config = sysconfig.get_config_var
+    link = shlex.split(config("LDSHARED") or "cc -shared")
+    command = (link + shlex.split(config("CCSHARED") or "-fPIC")
+               + EXTRA_COMPILE_ARGS
+               + ["-I" + sysconfig.get_paths()["include"], source,
+                  "-o", target])
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except OSError as e:
+        raise VerificationError("cannot run the C compiler %r: %s"
+                                % (command[0], e)) from e
+    if done.returncode != 0 or not os.path.exists(target):
+        raise VerificationError("the C compiler failed (%s):\n%s"
+                                % (" ".join(command), done.stderr))
+    return target
+
+
 def build(target_dir, tmpdir=None):
     """Compile ``_parallel_shm`` into `target_dir` and return the file's path.
 
@@ -197,9 +239,12 @@ def build(target_dir, tmpdir=None):
     os.makedirs(target_dir, exist_ok=True)
     work = tmpdir or tempfile.mkdtemp(prefix=".build-", dir=target_dir)
     try:
-        built = make_builder(optional=False).compile(
-            tmpdir=work, target=os.path.join(os.path.abspath(work),
-                                             extension_filename()))
+        target = os.path.join(os.path.abspath(work), extension_filename())
+        if _has_setuptools() or sys.platform == "win32":
+            built = make_builder(optional=False).compile(tmpdir=work,
+                                                         target=target)
+        else:
+            built = compile_with_cc(work, target)
         final = os.path.join(target_dir, extension_filename())
         fd, staged = tempfile.mkstemp(prefix=".staged-", dir=target_dir)
         os.close(fd)

@@ -377,6 +377,11 @@ class WorkerError(RuntimeError):
         self.remote_traceback = remote_traceback
 
 
+class _ResultPicklingError(WorkerError, TypeError):
+    """A task's result could not be pickled in the worker: a WorkerError,
+    and a TypeError as the pickling error is (joblib's loky raises it)."""
+
+
 class _RemoteTraceback(Exception):
     """Carries a worker's traceback text; shown as ``__cause__``."""
 
@@ -454,6 +459,14 @@ def _as_int(value):
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         return None
     return operator.index(value)
+
+
+def _float_or_none(text):
+    """``float(text)``, or None when ``text`` is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _as_seconds(value):
@@ -1259,12 +1272,21 @@ class _CallFolder:
         self.lock = threading.Lock()
 
     def get(self):
+        """The folder's path, created on first use.  Raises OSError naming
+        the temp folder and the knobs that choose it."""
         with self.lock:
             if self.path is None:
                 path = os.path.join(self.root, "%s%d_%s" % (
                     _SEGMENT_PREFIX, os.getpid(), os.urandom(8).hex()))
-                os.makedirs(self.root, exist_ok=True)
-                os.mkdir(path, 0o700)
+                try:
+                    os.makedirs(self.root, exist_ok=True)
+                    os.mkdir(path, 0o700)
+                except OSError as e:
+                    raise OSError(e.errno, "cannot make a folder for shared "
+                                  "segments in %s (%s); pass temp_folder= or "
+                                  "set PARALLEL_TEMP_FOLDER / "
+                                  "JOBLIB_TEMP_FOLDER to a writable folder"
+                                  % (self.root, e.strerror), self.root) from e
                 _Tracker.register(path)
                 self.path = path
             return self.path
@@ -2757,7 +2779,7 @@ def _run_payload(payload, on_task_start=None, shared=()):
     except Exception as e:
         index = _first_unpicklable(results)
         func = batch.function(index) if index is not None else None
-        err = WorkerError(
+        err = _ResultPicklingError(
             "the result of task %s (%s) could not be pickled to send it back "
             "to the caller: %s: %s" % (
                 None if index is None else batch.start + index,
@@ -2951,9 +2973,17 @@ class _Pool:
             pass
 
     def register(self, client):
+        """Add a client, starting workers up to the clients' n_jobs but not
+        beyond cpu_count(); the manager thread starts the others as batches
+        wait for them, so a generator of 3 tasks with n_jobs=1000 starts 3
+        workers, not 1000.  With fork, all start here: a fork from the
+        manager thread while the caller's thread holds a lock would hand
+        the child that lock held."""
         with self.lock:
             self.clients.add(client)
             wanted = sum(c.max_workers for c in self.clients)
+            if self.ctx.get_start_method() != "fork":
+                wanted = min(wanted, cpu_count())
             missing = wanted - self._serving()
         for _ in range(missing):
             self._spawn()
@@ -3654,8 +3684,10 @@ class LokyBackend(ParallelBackendBase):
         worker, and none from a thread backend's task (n_jobs x n_jobs
         processes)."""
         kind = _WORKER_KIND[0]
-        mp = sys.modules.get("multiprocessing")
-        if mp is not None and mp.current_process().daemon:
+        # Imported, not looked up: another thread may be importing it (a
+        # module half imported has no current_process yet).
+        import multiprocessing as mp
+        if mp.current_process().daemon:
             hint = ""
             worker = sys.modules.get("distributed.worker")
             if worker is not None and hasattr(worker.thread_state,
@@ -3721,9 +3753,15 @@ class LokyBackend(ParallelBackendBase):
         self._temp_root = _temp_root(temp_folder)
         self._max_nbytes = _parse_nbytes(max_nbytes)
         self._mmap_mode = mmap_mode
-        idle = float(idle_worker_timeout) if idle_worker_timeout is not None \
-            else float(_env("PARALLEL_IDLE_WORKER_TIMEOUT",
-                       default=_DEFAULT_IDLE_WORKER_TIMEOUT_S))
+        if idle_worker_timeout is not None:
+            idle = float(idle_worker_timeout)
+        else:
+            text = _env("PARALLEL_IDLE_WORKER_TIMEOUT")
+            idle = _DEFAULT_IDLE_WORKER_TIMEOUT_S if text is None else \
+                _as_seconds(_float_or_none(text))
+            if idle is None or idle <= 0:
+                raise ValueError("PARALLEL_IDLE_WORKER_TIMEOUT=%r: it must be "
+                                 "a positive number of seconds" % (text,))
         env = self._worker_env(n_jobs)
         method = _default_start_method(self.start_method)
         if self.private_pool:
@@ -3732,7 +3770,10 @@ class LokyBackend(ParallelBackendBase):
                                    method == "fork"), kind="multiprocessing")
         else:
             self._pool = _get_pool(method, env, initializer, initargs, idle)
-        self._client = _Client(n_jobs)
+        # Never more workers than the call has tasks, when it says.
+        n_tasks = getattr(parallel, "_n_tasks_hint", None)
+        self._client = _Client(n_jobs if not n_tasks else min(n_jobs,
+                                                               n_tasks))
         self._pool.register(self._client)
         self._folder = None
         self._reducer = None
@@ -3761,7 +3802,10 @@ class LokyBackend(ParallelBackendBase):
             self._reducer = None
 
     def submit(self, batch, callback):
-        batch.result_folder = self._folder.get()
+        try:     # where workers put large results (else: the pipe)
+            batch.result_folder = self._folder.get()
+        except OSError:
+            batch.result_folder = None
         # The payload holds the tasks: they are dropped so that they die
         # young (a full garbage collection costs more than the dispatch).
         payload = _pickle_batch(batch, self._reducer, self._pool.main_names)
@@ -4877,6 +4921,7 @@ class _Call:
         self.start_time = time.time()
         self.closed_reason = None
         self.active = True
+        self.last_total = None      # the total in the latest progress report
         sequential = isinstance(backend, SequentialBackend)
         pre = parallel.pre_dispatch
         if pre == "all":
@@ -5018,8 +5063,9 @@ class _Call:
             self.inflight.remove(batch)
             self.ready.append(batch)
         if self.report is not None:
-            self.report(self.n_done, self.n_tasks if not self.exhausted
-                        else self.n_pulled)
+            self.last_total = self.n_tasks if not self.exhausted \
+                else self.n_pulled
+            self.report(self.n_done, self.last_total)
         self.parallel.print_progress()
 
     def _check_deadlines(self, timeout):
@@ -5134,6 +5180,10 @@ class _Call:
                 if self.closed_reason is not None:
                     raise RuntimeError(self.closed_reason)
                 self.wait_one()
+            if self.report is not None and self.n_tasks is None and \
+                    self.n_done and self.last_total is None:
+                # the end of the input was seen after the last report
+                self.report(self.n_done, self.n_done)
             if isinstance(self.backend, SequentialBackend):
                 self.parallel.print_progress()   # joblib's last call
             if self.parallel.verbose > 0:
@@ -5384,6 +5434,7 @@ class Parallel(Generic[_Output]):
                              "supports_return_generator flag is False)"
                              % (_backend_name(self._backend), self.return_as))
         self._managed = None      # (backend, n_jobs) inside a with block
+        self._n_tasks_hint: Optional[int] = None   # the call's, if known
         self._batcher = None
         self._call: Optional[_Call] = None
         self._lock = threading.Lock()
@@ -5529,6 +5580,10 @@ class Parallel(Generic[_Output]):
                 raise RuntimeError(
                     "This Parallel instance is already running; wait for the "
                     "previous call to finish, or close its output generator")
+            try:    # read by process backends: no more workers than tasks
+                self._n_tasks_hint = len(iterable)  # type: ignore
+            except TypeError:
+                self._n_tasks_hint = None
             backend, n_jobs = self._managed or self._configure()
             try:
                 call = _Call(self, backend, n_jobs, iterable)

@@ -1107,3 +1107,13 @@ def test_n_jobs_1_reads_batch_size_tasks_ahead_as_joblib():
             expected += ["consumed %d" % i for i in range(done, done + n)]
             done += n
         assert log == expected
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_progress_of_a_generator_input_ends_with_its_total(n_jobs):
+    seen = []
+    Parallel(n_jobs=n_jobs, backend="threading",
+             progress=lambda done, total: seen.append((done, total)))(
+        delayed(abs)(i) for i in range(5))
+    assert seen[-1] == (5, 5)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)

@@ -171,6 +171,7 @@ def test_unpicklable_result_names_task(backend):
     message = str(info.value)
     assert "return_lock" in message
     assert "lock" in message.replace("return_lock", "")
+    assert isinstance(info.value, TypeError)   # as joblib's (loky) error
     assert small_call(backend) == [0, 1, 2, 3]
 
 
@@ -976,13 +977,18 @@ print(Parallel(n_jobs=2)(delayed(inner)(i) for i in range(2)))
 OVERLAPPING_FIRST_CALLS_SCRIPT = r"""
 import os, threading
 from parallel import Parallel, delayed
+errors = []
 def run(backend):
-    Parallel(n_jobs=2, backend=backend)(delayed(abs)(i) for i in range(10))
+    try:
+        Parallel(n_jobs=2, backend=backend)(delayed(abs)(i) for i in range(10))
+    except Exception as e:
+        errors.append(repr(e))
 threads = [threading.Thread(target=run, args=(b,), daemon=True)
            for b in ("multiprocessing", "loky", "multiprocessing", "loky")]
 for t in threads: t.start()
 for t in threads: t.join(30)
 print("hung threads:", sum(t.is_alive() for t in threads), flush=True)
+print("errors:", errors, flush=True)
 if any(t.is_alive() for t in threads):      # say where, for the report
     import faulthandler, sys
     faulthandler.dump_traceback(file=sys.stdout, all_threads=True)
@@ -1018,6 +1024,9 @@ def test_threads_starting_pools_at_once(method):
             env=script_env({"PARALLEL_START_METHOD": method}),
             capture_output=True, text=True, timeout=90)
         assert "hung threads: 0" in done.stdout, done.stdout + done.stderr
+        # (multiprocessing, imported by another thread at that moment, was
+        # half imported: AttributeError current_process)
+        assert "errors: []" in done.stdout, done.stdout + done.stderr
 
 
 def test_a_stopped_pool_never_writes_to_a_reused_descriptor():
@@ -1226,3 +1235,51 @@ def test_tracker_leaves_no_zombie_child():
                           cwd=ROOT, env=script_env(), capture_output=True,
                           text=True, timeout=60)
     assert "zombies 0" in done.stdout, done.stdout + done.stderr
+
+
+# --- from a fresh user's trial ----------------------------------------------
+SIBLINGS_SCRIPT = r"""
+import os, time
+from parallel import Parallel, delayed
+def siblings(_):
+    time.sleep(0.2)
+    ppid = os.getppid()
+    with open("/proc/%d/task/%d/children" % (ppid, ppid)) as f:
+        return len(f.read().split())
+if __name__ == "__main__":
+    for backend in ("loky", "multiprocessing"):
+        print(max(Parallel(n_jobs=1000, backend=backend, batch_size=1)(
+            [delayed(siblings)(i) for i in range(3)])))
+    print(max(Parallel(n_jobs=1000, batch_size=1)(   # unknown length
+        delayed(siblings)(i) for i in range(3))))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/%d/task/%d/children" % (
+    os.getpid(), os.getpid())), reason="needs /proc/PID/task/TID/children")
+def test_no_more_workers_than_tasks():
+    # n_jobs=1000 for 3 tasks started 1000 processes.
+    done = subprocess.run([sys.executable, "-c", SIBLINGS_SCRIPT], cwd=ROOT,
+                          env=script_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    # 3 workers (besides them, the caller of 'multiprocessing' has the fork
+    # server and the standard library's resource tracker as children)
+    assert max(map(int, done.stdout.split())) <= 5, done.stdout
+
+
+def test_an_unusable_temp_folder_fails_only_when_needed(tmp_path):
+    import numpy as np
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    assert Parallel(n_jobs=2, temp_folder=str(not_a_folder))(
+        delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+    with pytest.raises(OSError, match="temp_folder"):
+        Parallel(n_jobs=2, temp_folder=str(not_a_folder))(
+            delayed(np.sum)(np.ones(300_000)) for _ in range(2))
+
+
+def test_a_bad_idle_worker_timeout_variable_is_named(monkeypatch):
+    monkeypatch.setenv("PARALLEL_IDLE_WORKER_TIMEOUT", "abc")
+    with pytest.raises(ValueError, match="PARALLEL_IDLE_WORKER_TIMEOUT='abc'"):
+        small_call("loky")

@@ -667,6 +667,33 @@ def test_vendored_copy(tmp_path):
     assert "TOTAL 100000" in proc.stdout, proc.stdout + proc.stderr
 
 
+NO_SETUPTOOLS_BUILD = r"""
+import importlib.util, sys
+sys.modules["setuptools"] = None    # as a fresh venv of Python 3.12+
+sys.path.insert(0, %(root)r)
+import build_shm
+path = build_shm.build(%(target)r)
+spec = importlib.util.spec_from_file_location("_parallel_shm", path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+ffi, lib = module.ffi, module.lib
+cell = ffi.new("int64_t *", 5)
+print("BUILT", lib.pshm_fetch_add_int64(cell, 2), cell[0], lib.pshm_lock_free())
+"""
+
+
+@pytest.mark.timeout(180)
+def test_helper_builds_without_setuptools(tmp_path):
+    # Vendored on Python >= 3.12 in a fresh venv: no setuptools, which
+    # cffi's compile() needs there; the system compiler is called directly.
+    script = NO_SETUPTOOLS_BUILD % {"root": ROOT,
+                                    "target": str(tmp_path / "out")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr
+    assert "BUILT 5 7 1" in done.stdout, done.stdout + done.stderr
+
+
 def _big_result(i, order):
     out = np.arange(300_000, dtype=np.float64).reshape(600, 500, order=order)
     return out * i
