@@ -5584,7 +5584,10 @@ class Parallel(Generic[_Output]):
                 self._n_tasks_hint = len(iterable)  # type: ignore
             except TypeError:
                 self._n_tasks_hint = None
-            backend, n_jobs = self._managed or self._configure()
+            try:
+                backend, n_jobs = self._managed or self._configure()
+            finally:       # not for a later with block of this instance
+                self._n_tasks_hint = None
             try:
                 call = _Call(self, backend, n_jobs, iterable)
             except BaseException:

@@ -1283,3 +1283,10 @@ def test_a_bad_idle_worker_timeout_variable_is_named(monkeypatch):
     monkeypatch.setenv("PARALLEL_IDLE_WORKER_TIMEOUT", "abc")
     with pytest.raises(ValueError, match="PARALLEL_IDLE_WORKER_TIMEOUT='abc'"):
         small_call("loky")
+
+
+def test_a_with_block_after_a_short_call_gets_all_its_workers():
+    p = Parallel(n_jobs=4, batch_size=1)
+    assert len(set(p([delayed(getpid_slowly)(0)]))) == 1
+    with p:
+        assert len(set(p([delayed(getpid_slowly)(i) for i in range(8)]))) == 4
