@@ -183,17 +183,26 @@ def compile_with_cc(work, target):
     cffi.VerificationError
         The compiler is missing or failed (its output is in the message).
     """
+    import contextlib
+    import io
     import shlex
     import subprocess
     from cffi import VerificationError
     source = os.path.join(work, MODULE_NAME + ".c")
-    make_builder(optional=False).emit_c_code(source)
+    with contextlib.redirect_stdout(io.StringIO()):   # cffi's "generating"
+        make_builder(optional=False).emit_c_code(source)
+    # The compiler and flags as setuptools picks them: CC, LDSHARED,
+    # CFLAGS and LDFLAGS from the environment win over sysconfig's.
     config = sysconfig.get_config_var
-    link = shlex.split(config("LDSHARED") or "cc -shared")
-    command = (link + shlex.split(config("CCSHARED") or "-fPIC")
-               + EXTRA_COMPILE_ARGS
+    env = os.environ
+    cc = config("CC") or "cc"
+    link = env.get("LDSHARED") or config("LDSHARED") or cc + " -shared"
+    if "CC" in env and "LDSHARED" not in env and link.startswith(cc):
+        link = env["CC"] + link[len(cc):]
+    command = (shlex.split(link) + shlex.split(config("CCSHARED") or "-fPIC")
+               + EXTRA_COMPILE_ARGS + shlex.split(env.get("CFLAGS", ""))
                + ["-I" + sysconfig.get_paths()["include"], source,
-                  "-o", target])
+                  "-o", target] + shlex.split(env.get("LDFLAGS", "")))
     try:
         done = subprocess.run(command, capture_output=True, text=True)
     except OSError as e:

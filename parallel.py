@@ -1287,7 +1287,11 @@ class _CallFolder:
                                   "set PARALLEL_TEMP_FOLDER / "
                                   "JOBLIB_TEMP_FOLDER to a writable folder"
                                   % (self.root, e.strerror), self.root) from e
-                _Tracker.register(path)
+                try:
+                    _Tracker.register(path)
+                except BaseException:    # untracked: not left behind
+                    os.rmdir(path)
+                    raise
                 self.path = path
             return self.path
 
@@ -3686,7 +3690,10 @@ class LokyBackend(ParallelBackendBase):
         kind = _WORKER_KIND[0]
         # Imported, not looked up: another thread may be importing it (a
         # module half imported has no current_process yet).
-        import multiprocessing as mp
+        try:
+            import multiprocessing as mp
+        except ImportError:       # no processes here: threads will do
+            return None
         if mp.current_process().daemon:
             hint = ""
             worker = sys.modules.get("distributed.worker")
@@ -3759,7 +3766,7 @@ class LokyBackend(ParallelBackendBase):
             text = _env("PARALLEL_IDLE_WORKER_TIMEOUT")
             idle = _DEFAULT_IDLE_WORKER_TIMEOUT_S if text is None else \
                 _as_seconds(_float_or_none(text))
-            if idle is None or idle <= 0:
+            if idle is None or not 0 < idle < math.inf:
                 raise ValueError("PARALLEL_IDLE_WORKER_TIMEOUT=%r: it must be "
                                  "a positive number of seconds" % (text,))
         env = self._worker_env(n_jobs)

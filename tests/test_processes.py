@@ -21,7 +21,7 @@ from parallel import (Parallel, ParallelTimeoutError, TerminatedWorkerError,
                       WorkerError, cpu_count, delayed, parallel_config,
                       wrap_non_picklable_objects)
 
-from conftest import ROOT, parallel_paths, script_env
+from conftest import ROOT, parallel_paths, run_script, script_env
 
 START_METHODS = [m for m in ("fork", "spawn", "forkserver")
                  if m in multiprocessing.get_all_start_methods()]
@@ -822,9 +822,7 @@ def test_importable_functions_do_not_need_cloudpickle():
             "print(Parallel(n_jobs=2)(delayed(operator.add)(i, 1) "
             "for i in range(3)))\n"
             "print('cloudpickle' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
-                          env=script_env(), capture_output=True, text=True,
-                          timeout=60)
+    done = run_script(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[1,", "2,", "3]", "False"]
 
@@ -1279,10 +1277,32 @@ def test_an_unusable_temp_folder_fails_only_when_needed(tmp_path):
             delayed(np.sum)(np.ones(300_000)) for _ in range(2))
 
 
-def test_a_bad_idle_worker_timeout_variable_is_named(monkeypatch):
-    monkeypatch.setenv("PARALLEL_IDLE_WORKER_TIMEOUT", "abc")
-    with pytest.raises(ValueError, match="PARALLEL_IDLE_WORKER_TIMEOUT='abc'"):
+@pytest.mark.parametrize("value", ["abc", "nan", "-1"])
+def test_a_bad_idle_worker_timeout_variable_is_named(monkeypatch, value):
+    monkeypatch.setenv("PARALLEL_IDLE_WORKER_TIMEOUT", value)
+    with pytest.raises(ValueError,
+                       match="PARALLEL_IDLE_WORKER_TIMEOUT='%s'" % value):
         small_call("loky")
+
+
+def test_a_tracker_that_cannot_start_leaves_no_folder(monkeypatch, tmp_path):
+    def cannot_start():
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(parallel._Tracker, "_start",
+                        staticmethod(cannot_start))
+    monkeypatch.setattr(parallel._Tracker, "_proc", None)
+    assert Parallel(n_jobs=2, batch_size=1, temp_folder=str(tmp_path))(
+        delayed(abs)(-i) for i in range(10)) == list(range(10))
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_multiprocessing_calls_run_on_threads():
+    code = ("import sys; sys.modules['multiprocessing'] = None\n"
+            "from parallel import Parallel, delayed\n"
+            "print(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)))")
+    done = run_script(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 2]"
 
 
 def test_a_with_block_after_a_short_call_gets_all_its_workers():
