@@ -2511,10 +2511,21 @@ def _unpack_exception(packed, top=True):
         except Exception as e:
             fail = "%s: %s" % (type(e).__name__, e)
     if exc is None:
-        exc = WorkerError(
-            "the worker raised %s: %s, but that exception could not be sent "
-            "to the caller (%s)" % (packed["type"], packed["message"], fail),
-            packed["type"], packed["message"], packed["traceback"])
+        message = "the worker raised %s: %s, but that exception could not " \
+            "be sent to the caller (%s)" % (packed["type"],
+                                             packed["message"], fail)
+        import builtins
+        builtin = getattr(builtins, packed["type"], None)
+        if isinstance(builtin, type) and issubclass(builtin, Exception):
+            # A builtin exception keeps its type (a RecursionError whose
+            # pickling recursed too deep, say), as callers catch it so.
+            try:
+                exc = builtin(message)
+            except Exception:   # it takes other arguments
+                exc = None
+        if exc is None:
+            exc = WorkerError(message, packed["type"], packed["message"],
+                              packed["traceback"])
     if packed["cause"] is not None:
         exc.__cause__ = _unpack_exception(packed["cause"], top=False)
     elif packed["context"] is not None:

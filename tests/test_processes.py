@@ -1310,3 +1310,17 @@ def test_a_with_block_after_a_short_call_gets_all_its_workers():
     assert len(set(p([delayed(getpid_slowly)(0)]))) == 1
     with p:
         assert len(set(p([delayed(getpid_slowly)(i) for i in range(8)]))) == 4
+
+
+def _recursive_call():
+    return Parallel()(delayed(_recursive_call)() for _ in range(2))
+
+
+@pytest.mark.timeout(120)
+def test_recursive_calls_end_in_a_recursion_error_not_a_bomb():
+    # joblib's test_thread_bomb_mitigation: threads nested in a worker
+    # until the recursion limit; the RecursionError, too deep to pickle,
+    # still reaches the caller as a RecursionError.
+    with parallel.parallel_config("loky", n_jobs=2):
+        with pytest.raises(RecursionError):
+            _recursive_call()
