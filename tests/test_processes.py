@@ -395,9 +395,11 @@ def test_pool_reused_across_calls():
 
 
 def test_with_block_keeps_workers():
+    # 8 tasks of 0.2 s: a worker slow to start on a loaded machine still
+    # gets some of them
     with Parallel(n_jobs=2, backend="loky", batch_size=1) as p:
-        first = p(delayed(getpid_slowly)(i) for i in range(4))
-        second = p(delayed(getpid_slowly)(i) for i in range(4))
+        first = p(delayed(getpid_slowly)(i) for i in range(8))
+        second = p(delayed(getpid_slowly)(i) for i in range(8))
     assert len(set(first)) == 2
     assert set(first) == set(second)
 
