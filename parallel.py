@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import contextvars
 import functools
 import importlib
@@ -2509,7 +2510,7 @@ def _unpack_exception(packed, top=True):
         try:
             exc = pickle.loads(packed["data"])
         except Exception as e:
-            fail = "%s: %s" % (type(e).__name__, e)
+            fail = "%s: %s" % (type(e).__name__, _safe_str(e))
     if exc is None:
         message = "the worker raised %s: %s, but that exception could not " \
             "be sent to the caller (%s)" % (packed["type"],
@@ -2639,8 +2640,8 @@ def _worker_main(conn, env, init_payload, caller_pid, kind="loky"):
             init_error = WorkerError(
                 "the initializer %s failed in a worker: %s: %s" % (
                     getattr(initializer, "__qualname__", initializer),
-                    type(e).__name__, e), _qualname(type(e)), str(e),
-                __import__("traceback").format_exc())
+                    type(e).__name__, _safe_str(e)), _qualname(type(e)),
+                _safe_str(e), __import__("traceback").format_exc())
     try:
         while True:
             try:
@@ -2828,7 +2829,8 @@ def _pickle_batch(batch, reducer, main_names=None):
             "of tasks %d..%d, calling %s (%s: %s)" % (
                 batch.start, batch.start + len(batch) - 1,
                 getattr(batch.function(), "__qualname__",
-                        batch.function()), type(e).__name__, e)) from e
+                        batch.function()), type(e).__name__,
+                _safe_str(e))) from e
     batch.tasks = ()
     batch.keep = reducer.take_kept()
     return payload
@@ -3481,7 +3483,6 @@ class ParallelBackendBase:
 
     def retrieval_context(self):
         """Context manager around result collection (dask uses it)."""
-        import contextlib
         return contextlib.nullcontext()
 
 
@@ -3776,7 +3777,7 @@ class LokyBackend(ParallelBackendBase):
         else:
             text = _env("PARALLEL_IDLE_WORKER_TIMEOUT")
             idle = _DEFAULT_IDLE_WORKER_TIMEOUT_S if text is None else \
-                _as_seconds(_float_or_none(text))
+                _float_or_none(text)
             if idle is None or not 0 < idle < math.inf:
                 raise ValueError("PARALLEL_IDLE_WORKER_TIMEOUT=%r: it must be "
                                  "a positive number of seconds" % (text,))
@@ -3960,13 +3961,22 @@ class _ClusterBackend(ParallelBackendBase):
             shared.clear()     # releases the call's data on the cluster
         self._shared_keep = []
 
-    def _pickle_for_cluster(self, x):
-        """``x`` pickled as task arguments are, its shared arrays kept
-        alive until the call ends."""
+    @staticmethod
+    def _pickle_for_cluster(x, keep):
+        """``x`` pickled as task arguments are, the shared arrays that the
+        bytes name appended to ``keep`` (to keep them alive)."""
         reducer = _ArrayReducer(None, None, None)
         blob = _dumps(x, reducer)
-        self._shared_keep.extend(reducer.take_kept())
+        keep.extend(reducer.take_kept())
         return blob
+
+    @staticmethod
+    def _plain_array(x):
+        """True for an ndarray (no subclass) that holds no objects and is
+        not backed by a file or segment (those travel by reference)."""
+        np = sys.modules.get("numpy")
+        return np is not None and type(x) is np.ndarray and \
+            not x.dtype.hasobject and _memmap_reference(x) is None
 
     def _entry(self, x):
         """The call's record of argument ``x``: [weak reference, handle on
@@ -3982,12 +3992,9 @@ class _ClusterBackend(ParallelBackendBase):
             ref = weakref.ref(x, lambda _, k=key: shared.pop(k, None))
         except TypeError:     # lists, tuples, dicts: inside the batch
             return None
-        np = sys.modules.get("numpy")
         kind = None
-        if np is not None and type(x) is np.ndarray and \
-                self._share_arrays_over is not None and \
-                x.nbytes > self._share_arrays_over and \
-                not x.dtype.hasobject and _memmap_reference(x) is None:
+        if self._share_arrays_over is not None and self._plain_array(x) \
+                and x.nbytes > self._share_arrays_over:
             kind = "array"
         elif self._sizeof(x) >= _CLUSTER_SHARE_MIN_NBYTES:
             kind = "blob"
@@ -4001,7 +4008,7 @@ class _ClusterBackend(ParallelBackendBase):
         try:
             if entry[3] == "array":
                 return self._share(x)
-            blob = self._pickle_for_cluster(x)
+            blob = self._pickle_for_cluster(x, self._shared_keep)
             if len(blob) >= _CLUSTER_SHARE_MIN_NBYTES:
                 return self._share(blob)
         except Exception:
@@ -4159,9 +4166,8 @@ class DaskDistributedBackend(_ClusterBackend):
                     client = get_client()
                 except ValueError as e:
                     raise ValueError(
-                        "the 'dask' backend needs a dask client: create one "
-                        "first (to use joblib or parallel with dask, first "
-                        "create a dask client):\n\n"
+                        "the 'dask' backend needs a dask client: first "
+                        "create a dask client:\n\n"
                         "    from dask.distributed import Client\n"
                         "    client = Client()                  # a local "
                         "cluster\n"
@@ -4174,15 +4180,9 @@ class DaskDistributedBackend(_ClusterBackend):
         self._threads = 1      # of the cluster, at configure
         self._pinned = {}
         self._pinned_keep: list = []
-        np = sys.modules.get("numpy")
         for x in scatter or ():
-            if np is not None and type(x) is np.ndarray and \
-                    not x.dtype.hasobject and _memmap_reference(x) is None:
-                data = x        # one read-only copy per worker
-            else:
-                reducer = _ArrayReducer(None, None, None)
-                data = _dumps(x, reducer)
-                self._pinned_keep.extend(reducer.take_kept())
+            data = x if self._plain_array(x) else \
+                self._pickle_for_cluster(x, self._pinned_keep)
             self._pinned[id(x)] = (
                 x, client.scatter(data, hash=False, broadcast=True))
 
@@ -4221,10 +4221,9 @@ class DaskDistributedBackend(_ClusterBackend):
         self.parallel = parallel
         self._configure_sharing(parallel)
         self._futures = set()
-        self._threads = sum(self.client.nthreads().values())
-        if not self._threads:
+        if not sum(self.client.nthreads().values()):
             self._wait_for_workers()
-            self._threads = sum(self.client.nthreads().values()) or 1
+        self._threads = self._slots()
         return self.effective_n_jobs(n_jobs)
 
     def _wait_for_workers(self):
@@ -4291,8 +4290,6 @@ class DaskDistributedBackend(_ClusterBackend):
             self.client.cancel(futures)
 
     def retrieval_context(self):
-        import contextlib
-
         @contextlib.contextmanager
         def seceded():
             from distributed import rejoin, secede  # type: ignore
@@ -4920,11 +4917,11 @@ def _batch_finished(queue, batch, out):
 class _Call:
     """The state of one call of a Parallel instance (caller's thread)."""
 
-    def __init__(self, parallel, backend, n_jobs, iterable):
+    def __init__(self, parallel, backend, n_jobs, iterable, n_tasks):
         self.parallel = parallel
         self.backend = backend
         self.n_jobs = n_jobs
-        self.n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
+        self.n_tasks = n_tasks        # len(iterable), when it has one
         self.buffer = _TaskBuffer(iter(iterable))
         self.size_message = None    # auto-batching news for verbose >= 10
         self.exhausted = False
@@ -5598,16 +5595,16 @@ class Parallel(Generic[_Output]):
                 raise RuntimeError(
                     "This Parallel instance is already running; wait for the "
                     "previous call to finish, or close its output generator")
-            try:    # read by process backends: no more workers than tasks
-                self._n_tasks_hint = len(iterable)  # type: ignore
-            except TypeError:
-                self._n_tasks_hint = None
+            n_tasks = len(iterable) if hasattr(  # type: ignore[arg-type]
+                iterable, "__len__") else None
+            # read by process backends: no more workers than tasks
+            self._n_tasks_hint = n_tasks
             try:
                 backend, n_jobs = self._managed or self._configure()
             finally:       # not for a later with block of this instance
                 self._n_tasks_hint = None
             try:
-                call = _Call(self, backend, n_jobs, iterable)
+                call = _Call(self, backend, n_jobs, iterable, n_tasks)
             except BaseException:
                 if self._managed is None:
                     backend.terminate()
@@ -5848,40 +5845,32 @@ def dump(value: Any, filename: Any, compress: Any = 0,
     pickle.PicklingError
         When ``value`` cannot be pickled.
     """
-    filename = target = _check_file_target(filename, "write")
+    filename = _check_file_target(filename, "write")
     method, level = _compression(compress, filename)
+    to_object = hasattr(filename, "write")
     try:
-        if level and method == "zlib":
-            import zlib
-            plain = io.BytesIO()
-            _dump_to(plain, value)
-            data = _DUMP_MAGIC_ZLIB + zlib.compress(plain.getbuffer(), level)
-            if hasattr(filename, "write"):
-                target.write(data)
-            else:
-                with open(filename, "wb") as f:
-                    f.write(data)
-        elif level:
-            if hasattr(filename, "write"):
-                with _compressed_writer(method, level, target) as z:
+        with contextlib.ExitStack() as stack:
+            f = filename if to_object else stack.enter_context(
+                open(filename, "wb"))
+            if level and method == "zlib":
+                import zlib
+                plain = io.BytesIO()
+                _dump_to(plain, value)
+                f.write(_DUMP_MAGIC_ZLIB
+                        + zlib.compress(plain.getbuffer(), level))
+            elif level:
+                with _compressed_writer(method, level, f) as z:
                     _dump_to(z, value)
             else:
-                with open(filename, "wb") as f, \
-                        _compressed_writer(method, level, f) as z:
-                    _dump_to(z, value)
-        elif hasattr(filename, "write"):
-            _dump_to(target, value)
-        else:
-            with open(filename, "wb") as f:
                 _dump_to(f, value)
     except BaseException:
-        if not hasattr(filename, "write"):
+        if not to_object:
             try:
                 os.unlink(filename)
             except OSError:
                 pass
         raise
-    return [] if hasattr(filename, "write") else [filename]
+    return [] if to_object else [filename]
 
 
 def load(filename: Any, mmap_mode: Optional[str] = None) -> Any:
